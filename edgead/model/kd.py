@@ -1,0 +1,204 @@
+"""Dual-model knowledge distillation (Thomine & Snoussi 2024; MixedTeacher).
+
+Two frozen ImageNet teachers (one for shallow, one for deep features) each have a student trained on
+good images only to reproduce the teacher's channel-normalised features. At inference the per-pixel
+discrepancy of each pair is the anomaly map: students never saw defects, so they fail to imitate
+the teacher there.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from edgead.config import ModelConfig, PairSpec
+from edgead.errors import EdgeADError
+from edgead.model.backbones import FeatureExtractor, build_feature_extractor
+
+Features = list[list[Tensor]]   # [pair][layer] -> N x C x h x w
+
+
+def normalise(feature: Tensor) -> Tensor:
+    """Channel-wise L2 normalisation n(f) of the paper (eps keeps an all-zero vector finite)."""
+    return feature / feature.pow(2).sum(dim=1, keepdim=True).add(1e-12).sqrt()
+
+
+def discrepancy(teacher: Tensor, student: Tensor) -> Tensor:
+    """0.5 * ||n(f_t) - n(f_s)||^2 summed over channels: N x 1 x h x w, in [0, 2]."""
+    return 0.5 * (normalise(teacher) - normalise(student)).pow(2).sum(dim=1, keepdim=True)
+
+
+def kd_loss(teacher: Features, student: Features) -> Tensor:
+    """Sum over pairs of the discrepancy averaged over positions and layers."""
+    total = teacher[0][0].new_zeros(())
+    for t_layers, s_layers in zip(teacher, student):
+        total = total + sum(discrepancy(t, s).mean() for t, s in zip(t_layers, s_layers)) / len(t_layers)
+    return total
+
+
+def gaussian_kernel1d(sigma: float) -> Tensor:
+    radius = max(1, int(4.0 * sigma + 0.5))
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    k = torch.exp(-0.5 * (x / sigma) ** 2)
+    return k / k.sum()
+
+
+class ScoringHead(nn.Module):
+    """Teacher and student features -> (anomaly map N x 1 x H x W, image score N).
+
+    Per pair: discrepancy per layer, upsampled to the output size, averaged over layers, then
+    normalised with statistics of held-out good images (stored in the buffers). The two pair maps
+    are fused (multiplicative as in the reference, or additive), blurred with a Gaussian per image
+    (separable, reflect padding), and the image score is the map's maximum. Written with plain
+    tensor ops so it exports to ONNX and stays in FP32 where FP16 would underflow.
+    """
+
+    def __init__(self, out_hw: tuple[int, int], fusion: str, blur_sigma: float, n_pairs: int = 2) -> None:
+        super().__init__()
+        self.out_hw = (int(out_hw[0]), int(out_hw[1]))
+        self.fusion = fusion
+        self.blur_sigma = float(blur_sigma)
+        self.register_buffer("norm_low", torch.zeros(n_pairs))
+        self.register_buffer("norm_high", torch.ones(n_pairs))
+        kernel = gaussian_kernel1d(blur_sigma) if blur_sigma > 0 else torch.ones(1)
+        self.register_buffer("kernel", kernel, persistent=False)
+
+    def pair_maps(self, teacher: Features, student: Features) -> list[Tensor]:
+        maps = []
+        for t_layers, s_layers in zip(teacher, student):
+            per_layer = [F.interpolate(discrepancy(t.float(), s.float()), size=self.out_hw,
+                                       mode="bilinear", align_corners=False)
+                         for t, s in zip(t_layers, s_layers)]
+            maps.append(torch.stack(per_layer, dim=0).mean(dim=0))
+        return maps
+
+    def fuse(self, maps: list[Tensor]) -> Tensor:
+        if self.fusion == "multiplicative":
+            # Scale each pair by its good-image level: the product stays >= 0 and ~1 on good parts.
+            fused = maps[0] / self.norm_high[0]
+            for i in range(1, len(maps)):
+                fused = fused * (maps[i] / self.norm_high[i])
+            return fused
+        # Additive: EfficientAD-style quantile normalisation, then the mean of the pairs.
+        fused = torch.zeros_like(maps[0])
+        for i, m in enumerate(maps):
+            fused = fused + (m - self.norm_low[i]) / (self.norm_high[i] - self.norm_low[i])
+        return fused / len(maps)
+
+    def blur(self, amap: Tensor) -> Tensor:
+        k = self.kernel
+        r = (k.numel() - 1) // 2
+        if r == 0:
+            return amap
+        x = F.pad(amap, (r, r, 0, 0), mode="reflect")
+        x = F.conv2d(x, k.view(1, 1, 1, -1))
+        x = F.pad(x, (0, 0, r, r), mode="reflect")
+        return F.conv2d(x, k.view(1, 1, -1, 1))
+
+    def forward(self, teacher: Features, student: Features) -> tuple[Tensor, Tensor]:
+        amap = self.blur(self.fuse(self.pair_maps(teacher, student)))
+        score = amap.flatten(1).amax(dim=1)
+        return amap, score
+
+
+class Pair(nn.Module):
+    """One teacher, its student, and the projections that give the student the teacher's channels."""
+
+    def __init__(self, spec: PairSpec, teacher_weights: bool) -> None:
+        super().__init__()
+        self.spec = spec
+        weights = spec.teacher.weights if teacher_weights else None
+        self.teacher: FeatureExtractor = build_feature_extractor(spec.teacher.arch, spec.teacher.layers, weights)
+        self.student: FeatureExtractor = build_feature_extractor(spec.student.arch, spec.student.layers, None)
+        if spec.student.init == "teacher":
+            self.student.load_state_dict(self.teacher.state_dict())
+        if list(self.teacher.strides) != list(self.student.strides):
+            raise EdgeADError(f"pair '{spec.name}': student strides {self.student.strides} differ from the "
+                              f"teacher's {self.teacher.strides}",
+                              "choose student layers with the same strides as the teacher layers")
+        self.projections = nn.ModuleList(
+            nn.Identity() if cs == ct else nn.Conv2d(cs, ct, kernel_size=1)
+            for cs, ct in zip(self.student.channels, self.teacher.channels))
+        self.pool = nn.AvgPool2d(spec.teacher.pool) if spec.teacher.pool > 1 else nn.Identity()
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+        self.teacher.eval()
+
+    def train(self, mode: bool = True) -> "Pair":
+        super().train(mode)
+        self.teacher.eval()           # the teacher is frozen: its BatchNorm statistics never move
+        return self
+
+    def teacher_features(self, x: Tensor) -> list[Tensor]:
+        return [self.pool(f) for f in self.teacher(x)]
+
+    def student_features(self, x: Tensor) -> list[Tensor]:
+        return [self.pool(proj(f)) for proj, f in zip(self.projections, self.student(x))]
+
+
+class DualKD(nn.Module):
+    """The whole detector: forward(images) -> (maps N x 1 x H x W, scores N)."""
+
+    def __init__(self, cfg: ModelConfig, teacher_weights: bool = True) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.pairs = nn.ModuleList(Pair(spec, teacher_weights) for spec in cfg.pairs)
+        self.head = ScoringHead((cfg.input.height, cfg.input.width), cfg.fusion, cfg.blur_sigma, len(cfg.pairs))
+
+    def teacher_features(self, x: Tensor) -> Features:
+        with torch.no_grad():
+            return [p.teacher_features(x) for p in self.pairs]
+
+    def student_features(self, x: Tensor) -> Features:
+        return [p.student_features(x) for p in self.pairs]
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return self.head(self.teacher_features(x), self.student_features(x))
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def student_state(self) -> dict[str, Tensor]:
+        """What the artifact stores: everything but the (public, frozen) teachers."""
+        return {k: v.detach().cpu().clone() for k, v in self.state_dict().items() if ".teacher." not in k}
+
+    def load_student_state(self, state: dict[str, Tensor]) -> None:
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        missing = [k for k in missing if ".teacher." not in k]
+        if missing or unexpected:
+            raise EdgeADError("the model's student weights do not match its config "
+                              f"(missing {missing[:3]}, unexpected {list(unexpected)[:3]})",
+                              "retrain the model, or use the config.yaml it was trained with")
+
+    def set_normalisation(self, low: list[float], high: list[float]) -> None:
+        if any(not math.isfinite(h) or h <= lo for lo, h in zip(low, high)):
+            raise EdgeADError(f"map normalisation statistics are degenerate (low {low}, high {high})",
+                              "the students reproduce the teacher exactly on good images: train longer "
+                              "or check that the good images are not all identical")
+        self.head.norm_low.copy_(torch.tensor(low))
+        self.head.norm_high.copy_(torch.tensor(high))
+
+
+def pair_map_quantiles(maps: list[Tensor], q_low: float, q_high: float) -> tuple[list[float], list[float]]:
+    """Quantiles of each pair's map over all pixels of held-out good images (sub-sampled for memory)."""
+    low, high = [], []
+    for m in maps:
+        flat = m.flatten().float()
+        if flat.numel() > 4_000_000:
+            idx = torch.linspace(0, flat.numel() - 1, 4_000_000).long()
+            flat = flat.sort().values[idx]
+        low.append(float(torch.quantile(flat, q_low)))
+        high.append(float(torch.quantile(flat, q_high)))
+    return low, high
+
+
+def describe(model: DualKD) -> dict[str, Any]:
+    """Parameter counts per part, for the training metadata."""
+    return {p.spec.name: {"teacher_params": sum(x.numel() for x in p.teacher.parameters()),
+                          "student_params": sum(x.numel() for x in p.student.parameters())
+                          + sum(x.numel() for x in p.projections.parameters())}
+            for p in model.pairs}
