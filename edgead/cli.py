@@ -1,0 +1,167 @@
+"""The `edgead` command: one function per verb; EdgeADError becomes a short message and exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from edgead import __version__
+from edgead.errors import EdgeADError
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def _overrides(args: argparse.Namespace) -> dict:
+    over: dict = {}
+    train = {k: v for k, v in (("epochs", getattr(args, "epochs", None)),
+                               ("batch_size", getattr(args, "batch_size", None)),
+                               ("seed", getattr(args, "seed", None))) if v is not None}
+    if train:
+        over["train"] = train
+    size = getattr(args, "size", None)
+    if size:
+        over["input"] = {"height": size[0], "width": size[1]}
+    if getattr(args, "fusion", None):
+        over["fusion"] = args.fusion
+    return over
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from edgead.data.synth import CATEGORIES, generate_all, generate_product
+
+    cats = args.category or list(CATEGORIES)
+    bad = [c for c in cats if c not in CATEGORIES]
+    if bad:
+        raise EdgeADError(f"unknown synthetic category {bad[0]!r}", f"use one of: {', '.join(CATEGORIES)}")
+    if args.category:
+        paths = [generate_product(Path(args.out), c, args.seed) for c in cats]
+    else:
+        paths = generate_all(Path(args.out), args.seed)
+    for p in paths:
+        print(p)
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from edgead.config import load_config
+    import yaml
+
+    cfg = load_config(args.preset, args.config, _overrides(args))
+    if args.print_config:
+        print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+        return 0
+    if not args.data or not args.out:
+        raise EdgeADError("train needs --data DIR and --out models/NAME", "see `edgead train --help`")
+    from edgead.train import train
+
+    result = train(args.data, args.out, cfg, skip_bad=args.skip_bad, resume=args.resume,
+                   overwrite=args.overwrite, device=args.device, progress=not args.no_progress)
+    t = result.metadata["training"]
+    print(f"model written to {result.out}: best epoch {result.best_epoch}/{t['epochs_planned']}, "
+          f"val loss {result.best_val_loss:.4f}, {t['seconds']:.0f} s ({t['seconds_per_epoch']:.1f} s/epoch)")
+    if result.interrupted:
+        print("training was interrupted: the model above is usable; continue with --resume")
+        return EXIT_INTERRUPTED
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from edgead.evaluate import evaluate
+
+    out = args.out or str(Path(args.model) / "eval")
+    result = evaluate(args.model, args.data, out, batch_size=args.batch_size, device=args.device,
+                      skip_bad=args.skip_bad)
+    print_metrics(result)
+    return 0
+
+
+def print_metrics(result: dict) -> None:
+    print(f"image AUROC {result['image_auroc']:.4f}  pixel AUROC {result['pixel_auroc']:.4f}  "
+          f"AUPRO@30% {result['aupro']:.4f}  F1-max {result['f1_max']:.4f}  "
+          f"({result['n_good']} good, {result['n_defect']} defective, {result['ms_per_image']} ms/image)")
+    for name, m in sorted(result.get("per_type", {}).items()):
+        print(f"  {name:<18} image AUROC {m['image_auroc']:.4f}  pixel AUROC {m['pixel_auroc']:.4f}  "
+              f"AUPRO {m['aupro']:.4f}  n={m['n']}")
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from edgead.demo import run_demo
+
+    run_demo(Path(args.out), quick=args.quick, data=args.data, epochs=args.epochs, seed=args.seed)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edgead", description="Anomaly detection for factory cameras: "
+                                     "train on good parts, inspect every part in milliseconds.")
+    parser.add_argument("--version", action="version", version=f"edgead {__version__}")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+
+    p = sub.add_parser("synth", help="generate synthetic products (MVTec layout) for tests and demos")
+    p.add_argument("--out", required=True, help="folder to write the categories into")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--category", action="append", help="only this category (repeatable)")
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("train", help="train the students on good images")
+    p.add_argument("--data", help="folder of good images, or an MVTec category root (uses train/good)")
+    p.add_argument("--out", help="model folder to write, e.g. models/NAME")
+    p.add_argument("--preset", choices=["edge", "paper"], default=None, help="default: edge")
+    p.add_argument("--config", help="YAML file whose keys override the preset")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="input height and width")
+    p.add_argument("--fusion", choices=["multiplicative", "additive"])
+    p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda")
+    p.add_argument("--skip-bad", action="store_true", help="skip and count unreadable images instead of stopping")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing model in --out")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs, CI)")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="image/pixel AUROC, AUPRO and F1 on an MVTec-layout test split")
+    p.add_argument("--model", required=True)
+    p.add_argument("--data", required=True, help="MVTec category root (uses test/ and ground_truth/)")
+    p.add_argument("--out", help="report folder (default: MODEL/eval)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--skip-bad", action="store_true")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("demo", help="the whole story on a synthetic product, no camera or GPU needed")
+    p.add_argument("--out", default="demo-out", help="working folder (default: demo-out)")
+    p.add_argument("--quick", action="store_true", help="smaller and faster, for smoke tests")
+    p.add_argument("--data", help="run on your own MVTec-layout category instead of a synthetic one")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_USER_ERROR
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except EdgeADError as err:
+        print(f"edgead {args.verb}: error: {err.message}", file=sys.stderr)
+        if err.hint:
+            print(f"  hint: {err.hint}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print(f"edgead {args.verb}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
