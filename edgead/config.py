@@ -187,7 +187,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # for ResNet18 layers 1-2 (same strides), stride-16/32 stages for B0's.
     "edge": {
         "preset": "edge",
-        "input": {"height": 256, "width": 256},
+        # Lite weights were trained with TF-style normalisation ((x*255 - 127) / 128).
+        "input": {"height": 256, "width": 256, "mean": [127 / 255] * 3, "std": [128 / 255] * 3},
         "pairs": [
             {"name": "shallow",
              "teacher": {"arch": "efficientnet_lite0", "layers": ["stage2", "stage3"], "pool": 2},

@@ -108,7 +108,8 @@ class ScoringHead(nn.Module):
 class Pair(nn.Module):
     """One teacher, its student, and the projections that give the student the teacher's channels."""
 
-    def __init__(self, spec: PairSpec, teacher_weights: bool) -> None:
+    def __init__(self, spec: PairSpec, teacher_weights: bool, input_mean: tuple[float, ...],
+                 input_std: tuple[float, ...]) -> None:
         super().__init__()
         self.spec = spec
         weights = spec.teacher.weights if teacher_weights else None
@@ -124,6 +125,13 @@ class Pair(nn.Module):
             nn.Identity() if cs == ct else nn.Conv2d(cs, ct, kernel_size=1)
             for cs, ct in zip(self.student.channels, self.teacher.channels))
         self.pool = nn.AvgPool2d(spec.teacher.pool) if spec.teacher.pool > 1 else nn.Identity()
+        # The image arrives normalised with the input spec's mean/std; a teacher trained with another
+        # normalisation (Lite's TF-style 127/128 vs ImageNet's) gets it re-expressed by an affine map.
+        m_in, s_in = torch.tensor(input_mean), torch.tensor(input_std)
+        m_t, s_t = torch.tensor(self.teacher.input_mean), torch.tensor(self.teacher.input_std)
+        self.renorm = not (torch.allclose(m_in, m_t) and torch.allclose(s_in, s_t))
+        self.register_buffer("renorm_scale", (s_in / s_t).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("renorm_shift", ((m_in - m_t) / s_t).view(1, 3, 1, 1), persistent=False)
         for p in self.teacher.parameters():
             p.requires_grad_(False)
         self.teacher.eval()
@@ -134,6 +142,8 @@ class Pair(nn.Module):
         return self
 
     def teacher_features(self, x: Tensor) -> list[Tensor]:
+        if self.renorm:
+            x = x * self.renorm_scale + self.renorm_shift
         return [self.pool(f) for f in self.teacher(x)]
 
     def student_features(self, x: Tensor) -> list[Tensor]:
@@ -146,7 +156,7 @@ class DualKD(nn.Module):
     def __init__(self, cfg: ModelConfig, teacher_weights: bool = True) -> None:
         super().__init__()
         self.cfg = cfg
-        self.pairs = nn.ModuleList(Pair(spec, teacher_weights) for spec in cfg.pairs)
+        self.pairs = nn.ModuleList(Pair(spec, teacher_weights, cfg.input.mean, cfg.input.std) for spec in cfg.pairs)
         self.head = ScoringHead((cfg.input.height, cfg.input.width), cfg.fusion, cfg.blur_sigma, len(cfg.pairs))
 
     def teacher_features(self, x: Tensor) -> Features:

@@ -1,0 +1,93 @@
+"""The KD maths: loss formula, per-image blur, fusion, and that a batch does not change a map."""
+
+import numpy as np
+import pytest
+import torch
+
+from edgead.config import load_config
+from edgead.model.kd import DualKD, ScoringHead, discrepancy, kd_loss, normalise
+
+
+def test_discrepancy_matches_formula():
+    t, s = torch.randn(2, 5, 3, 4), torch.randn(2, 5, 3, 4)
+    nt = t / t.norm(dim=1, keepdim=True)
+    ns = s / s.norm(dim=1, keepdim=True)
+    expected = 0.5 * ((nt - ns) ** 2).sum(1, keepdim=True)
+    assert torch.allclose(discrepancy(t, s), expected, atol=1e-6)
+    assert torch.allclose(normalise(t).norm(dim=1), torch.ones(2, 3, 4), atol=1e-5)
+    # Opposite features are maximally different (2), identical ones not at all.
+    assert torch.allclose(discrepancy(t, -t), torch.full((2, 1, 3, 4), 2.0), atol=1e-5)
+    assert float(discrepancy(t, 3 * t).abs().max()) < 1e-6
+
+
+def test_loss_averages_positions_and_layers_and_sums_pairs():
+    t = [[torch.randn(2, 4, 8, 8), torch.randn(2, 6, 4, 4)], [torch.randn(2, 3, 2, 2)]]
+    s = [[torch.randn(2, 4, 8, 8), torch.randn(2, 6, 4, 4)], [torch.randn(2, 3, 2, 2)]]
+    pair0 = (discrepancy(t[0][0], s[0][0]).mean() + discrepancy(t[0][1], s[0][1]).mean()) / 2
+    pair1 = discrepancy(t[1][0], s[1][0]).mean()
+    assert torch.allclose(kd_loss(t, s), pair0 + pair1)
+
+
+def _head(fusion="multiplicative", sigma=4.0):
+    return ScoringHead((32, 48), fusion, sigma)
+
+
+def test_blur_is_a_2d_gaussian_per_image():
+    head = _head()
+    impulse = torch.zeros(3, 1, 80, 80)    # far enough from the borders that reflection adds nothing
+    impulse[1, 0, 40, 40] = 1.0
+    out = head.blur(impulse)
+    assert float(out[0].abs().max()) == 0 and float(out[2].abs().max()) == 0   # no leak across the batch
+    img = out[1, 0]
+    assert abs(float(img.sum()) - 1.0) < 1e-4
+    # Spread along rows AND columns, symmetric (the reference blurred per row at batch 1).
+    assert torch.allclose(img[40, 40 - 5], img[40 - 5, 40], atol=1e-7)
+    assert float(img[40 - 5, 40]) > 0.1 * float(img[40, 40])
+
+
+def test_batch_does_not_change_the_map():
+    head = _head()
+    t = [[torch.rand(4, 8, 8, 12)], [torch.rand(4, 16, 2, 3)]]
+    s = [[torch.rand(4, 8, 8, 12)], [torch.rand(4, 16, 2, 3)]]
+    maps, scores = head(t, s)
+    for i in range(4):
+        m1, s1 = head([[t[0][0][i:i + 1]], [t[1][0][i:i + 1]]], [[s[0][0][i:i + 1]], [s[1][0][i:i + 1]]])
+        assert torch.allclose(m1[0], maps[i], atol=1e-6)
+        assert torch.allclose(s1[0], scores[i], atol=1e-6)
+    assert maps.shape == (4, 1, 32, 48)
+    assert torch.allclose(scores, maps.flatten(1).amax(1))
+
+
+@pytest.mark.parametrize("fusion", ["multiplicative", "additive"])
+def test_fusion(fusion):
+    head = _head(fusion, sigma=0)
+    head.norm_low.copy_(torch.tensor([0.1, 0.2]))
+    head.norm_high.copy_(torch.tensor([0.5, 1.0]))
+    a, b = torch.rand(1, 1, 32, 48), torch.rand(1, 1, 32, 48)
+    fused = head.fuse([a, b])
+    if fusion == "multiplicative":
+        expected = (a / 0.5) * (b / 1.0)
+    else:
+        expected = ((a - 0.1) / 0.4 + (b - 0.2) / 0.8) / 2
+    assert torch.allclose(fused, expected, atol=1e-6)
+
+
+def test_dual_model_shapes_and_frozen_teachers():
+    cfg = load_config("edge", overrides={"input": {"height": 64, "width": 96}})
+    model = DualKD(cfg)
+    # The deep student starts as an exact copy of its teacher.
+    deep = model.pairs[1]
+    for (k1, v1), (k2, v2) in zip(deep.teacher.state_dict().items(), deep.student.state_dict().items()):
+        assert k1 == k2 and torch.equal(v1, v2)
+    model.train()
+    assert all(not p.teacher.training for p in model.pairs)
+    assert all(not q.requires_grad for p in model.pairs for q in p.teacher.parameters())
+    x = torch.randn(2, 3, 64, 96)
+    t, s = model.teacher_features(x), model.student_features(x)
+    for tl, sl in zip(t, s):
+        for a, b in zip(tl, sl):
+            assert a.shape == b.shape
+    model.eval()
+    maps, scores = model(x)
+    assert maps.shape == (2, 1, 64, 96) and scores.shape == (2,)
+    assert np.isfinite(scores.detach().numpy()).all()
