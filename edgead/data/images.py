@@ -26,7 +26,8 @@ log = logging.getLogger(__name__)
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """Read one image as uint8 RGB HxWx3 (or HxW for gray files); 16-bit is scaled to 8-bit.
 
-    Alpha is dropped. Reads via bytes + imdecode so non-ASCII paths work on every OS.
+    Alpha is dropped; EXIF orientation is ignored, so a file reads exactly like the camera frame
+    it was saved from. Reads via bytes + imdecode so non-ASCII paths work on every OS.
     """
     p = Path(path)
     if not p.exists():
