@@ -118,11 +118,11 @@ def _finalise_statistics(model: DualKD, images: torch.Tensor, cache: Features, c
 
 def _save_checkpoint(out: Path, model: DualKD, best_state: dict, optimizer: torch.optim.Optimizer,
                      scheduler: Any, epoch: int, best_epoch: int, best_val: float, history: list[dict],
-                     cfg: ModelConfig) -> None:
+                     cfg: ModelConfig, fingerprint: str) -> None:
     buf = io.BytesIO()
     torch.save({"model": model.student_state(), "best": best_state, "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "epoch": epoch, "best_epoch": best_epoch,
-                "best_val": best_val, "history": history, "config": cfg.to_dict(),
+                "best_val": best_val, "history": history, "config": cfg.to_dict(), "data_fingerprint": fingerprint,
                 "torch_rng": torch.get_rng_state()}, buf)
     atomic_write_bytes(out / CHECKPOINT, buf.getvalue())
 
@@ -144,6 +144,7 @@ def train(data: str | Path, out: str | Path, cfg: ModelConfig, *, skip_bad: bool
         log(f"skipped {len(bad)} unreadable image(s): {', '.join(p.name for p in bad[:5])}")
     if len(kept) < 10:
         raise EdgeADError(f"only {len(kept)} readable good images in {data}", "training needs at least 10 good images")
+    fingerprint = data_fingerprint(kept)
     train_idx, val_idx = split_train_val(len(kept), cfg.train.val_fraction, cfg.train.seed)
     images = torch.from_numpy(images_np)
     train_images, val_images = images[train_idx], images[val_idx]
@@ -165,6 +166,9 @@ def train(data: str | Path, out: str | Path, cfg: ModelConfig, *, skip_bad: bool
         if not ckpt_path.is_file():
             raise EdgeADError(f"nothing to resume: {ckpt_path} does not exist", "start a new run without --resume")
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        if ckpt.get("data_fingerprint") != fingerprint:
+            raise EdgeADError(f"the checkpoint in {out} was trained on other images than {data}",
+                              "resume with the same images, or start a new run")
         if ckpt["config"] != cfg.to_dict():
             raise EdgeADError(f"the checkpoint in {out} was trained with another config",
                               "resume with the same --preset/--config/--epochs, or start a new run")
@@ -192,14 +196,15 @@ def train(data: str | Path, out: str | Path, cfg: ModelConfig, *, skip_bad: bool
                 loss.backward()
                 optimizer.step()
                 scheduler.step()
-                running += float(loss)
+                running += float(loss.detach())
                 bar.update(1)
-                bar.set_postfix(epoch=f"{epoch + 1}/{cfg.train.epochs}", loss=f"{float(loss):.4f}")
+                bar.set_postfix(epoch=f"{epoch + 1}/{cfg.train.epochs}", loss=f"{float(loss.detach()):.4f}")
             val = _val_loss(model, val_images, val_cache, cfg.train.batch_size, dev)
             history.append({"epoch": epoch + 1, "train_loss": running / steps_per_epoch, "val_loss": val})
             if val < best_val:
                 best_val, best_epoch, best_state = val, epoch + 1, model.student_state()
-            _save_checkpoint(out, model, best_state, optimizer, scheduler, epoch, best_epoch, best_val, history, cfg)
+            _save_checkpoint(out, model, best_state, optimizer, scheduler, epoch, best_epoch, best_val, history, cfg,
+                             fingerprint)
     except KeyboardInterrupt:
         interrupted = True
         log(f"\ninterrupted during epoch {epoch + 1}: the checkpoint after epoch {len(history)} is kept; "
@@ -217,7 +222,7 @@ def train(data: str | Path, out: str | Path, cfg: ModelConfig, *, skip_bad: bool
     metadata = {
         "edgead_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "data": {"path": str(Path(data).resolve()), "fingerprint": data_fingerprint(kept),
+        "data": {"path": str(Path(data).resolve()), "fingerprint": fingerprint,
                  "n_images": len(kept), "n_train": int(len(train_idx)), "n_val": int(len(val_idx)),
                  "skipped": [str(p) for p in bad]},
         "teacher_weights": {p.name: {"arch": p.teacher.arch, "sha256": _teacher_sha(p.teacher.arch, p.teacher.weights)}
