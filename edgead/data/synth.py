@@ -257,15 +257,15 @@ def _foreign(rng: np.random.Generator, img: Image, where: np.ndarray, m: int) ->
     x, y = float(xs[i]), float(ys[i])
     if rng.random() < 0.6:  # fibre
         p = _path(rng, x, y, rng.uniform(0, 2 * np.pi), rng.uniform(0.1, 0.22) * m, jitter=0.1, bend=0.08)
-        a = _lines(h, w, [p], thickness=1) * rng.uniform(0.6, 0.9)
-        color = np.array(rng.uniform(40, 90), np.float32) * rng.uniform(0.8, 1.2, 3).astype(np.float32)
+        a = _lines(h, w, [p], thickness=1) * rng.uniform(0.7, 0.95)
+        color = np.array(rng.uniform(30, 80), np.float32) * rng.uniform(0.8, 1.2, 3).astype(np.float32)
         return _mix(img, color, a)
-    a = _blob(rng, h, w, x, y, rng.uniform(0.01, 0.02) * m, irregular=0.6, soft=0.6)
+    a = _blob(rng, h, w, x, y, rng.uniform(0.014, 0.025) * m, irregular=0.6, soft=0.6)
     colors = np.array([[60, 60, 70], [70, 90, 160], [200, 190, 120], [150, 70, 50]], np.float32)
     color = colors[rng.integers(len(colors))] * rng.uniform(0.85, 1.15)
     shadow = _shift(a, 2, 1) * (1 - a)
     out = img * (1 - 0.35 * shadow)[..., None]
-    return _mix(out, color, a * rng.uniform(0.8, 1.0))
+    return _mix(out, color, a * rng.uniform(0.85, 1.0))
 
 
 # ----------------------------------------------------------------------------- washer (rendered part)
