@@ -8,7 +8,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _first_screen_commands() -> list[str]:
     text = (ROOT / "README.md").read_text()
-    head = "\n".join(text.splitlines()[:40])
+    head = text.split("\n## ")[0]          # the first screen: everything before the first section
+    assert len(head.splitlines()) <= 30
     return [b.strip() for b in re.findall(r"```bash\n(.*?)```", head, flags=re.S)]
 
 
