@@ -1,0 +1,448 @@
+"""TensorRT backend: builds the teacher and student engines on the target device and runs them.
+
+Engines only run on the GPU model and TensorRT version that built them, so the manifest entry
+records both and a mismatch is refused with a message to rebuild. At run time the teacher's
+feature outputs are the student's input buffers: the features never leave the GPU, and only the
+image goes in and the map and score come back, through pinned host memory on one stream.
+
+TensorRT and cuda-python are imported lazily (`pip install "edgead[trt]"`), so importing this
+module needs neither. Supports TensorRT 8.6, 10.x and 11.x.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+
+from edgead.errors import EdgeADError
+from edgead.io import atomic_write_bytes
+
+if TYPE_CHECKING:
+    import tensorrt as trt
+
+INSTALL = 'pip install "edgead[trt]"'
+INSTALL_HINT = f"{INSTALL} on the device with the GPU (on Jetson, TensorRT comes with JetPack)"
+ROLES = ("teacher", "student")
+TIMING_CACHE = "timing.cache"
+CUDA_HINT = "check the NVIDIA driver (nvidia-smi or tegrastats) and free GPU memory, or use --backend onnxruntime"
+ITEMSIZE = {"FLOAT": 4, "HALF": 2, "BF16": 2, "INT32": 4, "INT64": 8, "INT8": 1, "UINT8": 1, "BOOL": 1, "FP8": 1}
+_log = logging.getLogger("edgead.tensorrt")
+_CUDART: Any = None
+
+
+def _require() -> None:
+    """Import TensorRT and cuda-python or explain how to install them.
+
+    A `tensorrt` without `Builder` is the namespace package left by `tensorrt-stubs` alone.
+    """
+    try:
+        import tensorrt
+    except (ImportError, OSError) as exc:
+        raise EdgeADError(f"TensorRT is not installed: {INSTALL}", INSTALL_HINT) from exc
+    if not hasattr(tensorrt, "Builder"):
+        raise EdgeADError(f"TensorRT is not installed (only its type stubs are): {INSTALL}", INSTALL_HINT)
+    _cudart()
+
+
+def _cudart() -> Any:
+    """cuda-python's runtime API: `cuda.bindings.runtime` (12.6+), else the older `cuda.cudart`."""
+    global _CUDART
+    if _CUDART is None:
+        for name in ("cuda.bindings.runtime", "cuda.cudart"):
+            try:
+                _CUDART = importlib.import_module(name)
+                break
+            except ImportError:
+                continue
+        else:
+            raise EdgeADError(f"cuda-python is not installed: {INSTALL}", INSTALL_HINT)
+    return _CUDART
+
+
+def _ck(result: Any, call: str) -> Any:
+    """cuda-python returns (error, *values) instead of raising: turn a failure into an EdgeADError."""
+    err, values = (result[0], result[1:]) if isinstance(result, tuple) else (result, ())
+    if err != _cudart().cudaError_t.cudaSuccess:
+        raise EdgeADError(f"CUDA {call} failed: {getattr(err, 'name', err)}", CUDA_HINT)
+    return values[0] if len(values) == 1 else values
+
+
+def usable() -> bool:
+    """TensorRT and cuda-python importable here (no GPU touched): what backend "auto" should check."""
+    try:
+        _require()
+    except EdgeADError:
+        return False
+    return True
+
+
+def trt_version() -> str | None:
+    """The installed TensorRT version, or None where there is none."""
+    try:
+        import tensorrt
+    except (ImportError, OSError):
+        return None
+    return str(tensorrt.__version__) if hasattr(tensorrt, "Builder") else None
+
+
+def gpu_identity() -> dict[str, str]:
+    """{"gpu": name, "compute_capability": "8.7"} of the current CUDA device."""
+    rt = _cudart()
+    device = int(_ck(rt.cudaGetDevice(), "cudaGetDevice"))
+    props = _ck(rt.cudaGetDeviceProperties(device), "cudaGetDeviceProperties")
+    name = props.name
+    if isinstance(name, (bytes, bytearray)):
+        name = bytes(name).split(b"\0", 1)[0].decode(errors="replace")
+    return {"gpu": str(name).strip(), "compute_capability": f"{int(props.major)}.{int(props.minor)}"}
+
+
+def _make_logger() -> tuple[trt.ILogger, list[str]]:
+    """A TensorRT logger that keeps the errors (for the EdgeADError) and forwards warnings to logging."""
+    import tensorrt as trt
+
+    errors: list[str] = []
+
+    class _Logger(trt.ILogger):  # type: ignore[misc, unused-ignore]  # Any where plain mypy has no stubs
+        def __init__(self) -> None:
+            trt.ILogger.__init__(self)
+
+        def log(self, severity: trt.ILogger.Severity, msg: str) -> None:
+            if int(severity) <= int(trt.ILogger.ERROR):
+                errors.append(" ".join(msg.split()))
+            if int(severity) <= int(trt.ILogger.WARNING):
+                _log.warning("TensorRT: %s", msg)
+
+    return _Logger(), errors
+
+
+def _last(errors: list[str]) -> str:
+    return f": {errors[-1][:300]}" if errors else ""
+
+
+def _keep_head_fp32(network: trt.INetworkDefinition) -> int:
+    """Pin the scoring head to FP32: its squared feature differences overflow or vanish in FP16.
+
+    torch names the head's ONNX nodes /head/... (/model/head/... when nested one level deeper).
+    Layers with integer (shape) inputs only get FP32 outputs; integer-valued layers are left alone.
+    """
+    import tensorrt as trt
+
+    floats, forced = (trt.float32, trt.float16), 0
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        if not (layer.name.startswith("/head/") or "/model/head/" in layer.name):
+            continue
+        if not all(layer.get_output(j).dtype in floats for j in range(layer.num_outputs)):
+            continue
+        inputs: list[trt.ITensor | None] = [layer.get_input(j) for j in range(layer.num_inputs)]
+        if all(t is None or t.dtype in floats for t in inputs):
+            layer.precision = trt.float32
+        for j in range(layer.num_outputs):
+            layer.set_output_type(j, trt.float32)
+        forced += 1
+    return forced
+
+
+def _load_timing_cache(config: trt.IBuilderConfig, path: Path) -> trt.ITimingCache:
+    """Reuse earlier tactic timings; a cache from another GPU or TensorRT is replaced, not an error."""
+    blob = path.read_bytes() if path.is_file() else b""
+    cache: trt.ITimingCache | None = config.create_timing_cache(blob)
+    if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
+        _log.warning("ignoring %s: it was made on another device or TensorRT version", path)
+        cache = config.create_timing_cache(b"")
+        config.set_timing_cache(cache, ignore_mismatch=False)
+    return cache
+
+
+def build_engines(engine_dir: Path, onnx_files: dict[str, str], precision: str, max_batch: int,
+                  input_hw: tuple[int, int], feature_shapes: dict[str, tuple[int, ...]],
+                  workspace_mib: int = 1024, dla_core: int | None = None,
+                  strongly_typed_fp16_onnx: dict[str, str] | None = None) -> dict[str, Any]:
+    """Build `<role>.<precision>.plan` for teacher and student in engine_dir; return the manifest entry.
+
+    onnx_files (and strongly_typed_fp16_onnx) map role -> ONNX file name in engine_dir. TensorRT 11
+    has no FP16 builder flag: there FP16 means a strongly typed network from the FP16 ONNX graphs,
+    whose own types must keep the head and the engine inputs and outputs in FP32.
+    The profile's opt batch is max_batch: the batch a user builds for is the batch they run (longer
+    inputs are split into max_batch chunks), and a single-camera max_batch 1 gets opt 1.
+    feature_shapes (name -> (C, h, w)) and input_hw are only used where the ONNX graph leaves a
+    non-batch input dim dynamic (edgead's export does not: its student inputs are static).
+    """
+    _require()
+    import tensorrt as trt
+
+    engine_dir, version = Path(engine_dir), str(trt.__version__)
+    major_minor = tuple(int(p) for p in version.split(".")[:2])
+    if major_minor < (8, 6):
+        raise EdgeADError(f"TensorRT {version} is too old: edgead needs TensorRT 8.6 or newer", INSTALL)
+    if precision not in ("fp16", "fp32") or max_batch < 1 or workspace_mib < 1:
+        raise EdgeADError(f"cannot build {precision!r} with max batch {max_batch} and {workspace_mib} MiB workspace",
+                          "use --precision fp16 or fp32 and a positive --max-batch and --workspace")
+    strongly_typed = precision == "fp16" and not hasattr(trt.BuilderFlag, "FP16")
+    if strongly_typed and not strongly_typed_fp16_onnx:
+        raise EdgeADError(f"TensorRT {version} builds FP16 only from FP16 ONNX graphs (strong typing), none given",
+                          "export the FP16 ONNX graphs, or build with --precision fp32")
+    if dla_core is not None and precision != "fp16":
+        raise EdgeADError("DLA runs FP16 (or INT8) engines only", "build for DLA with --precision fp16")
+    sources = strongly_typed_fp16_onnx if strongly_typed and strongly_typed_fp16_onnx else onnx_files
+
+    identity = gpu_identity()
+    logger, errors = _make_logger()
+    builder = trt.Builder(logger)
+    if dla_core is not None and not 0 <= dla_core < builder.num_DLA_cores:
+        raise EdgeADError(f"DLA core {dla_core} does not exist: this device has {builder.num_DLA_cores}",
+                          "leave --dla-core out to build for the GPU")
+    flags = 0
+    if major_minor[0] < 10:                                     # always explicit batch from TensorRT 10 on
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    if strongly_typed and hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)   # accepted (implied) on 11
+    shapes = {"image": (3, *input_hw), **feature_shapes}
+    low = max_batch if dla_core is not None else 1              # DLA needs static shapes: min = opt = max
+    cache: trt.ITimingCache | None = None
+    plans: dict[str, bytes] = {}
+    for role in ROLES:
+        path = engine_dir / sources[role]
+        if not path.is_file():
+            raise EdgeADError(f"ONNX graph {path} not found", "export the model again with `edgead build-engine`")
+        network = builder.create_network(flags)
+        parser = trt.OnnxParser(network, logger)                # owns the weights: alive until built
+        if not parser.parse_from_file(str(path)):
+            found = "; ".join(" ".join(str(parser.get_error(i)).split()) for i in range(min(parser.num_errors, 3)))
+            raise EdgeADError(f"TensorRT {version} could not parse {path.name}: {found or 'unknown error'}",
+                              "update TensorRT, or report this with the model config")
+        config = builder.create_builder_config()
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mib << 20)
+        if cache is None:
+            cache = _load_timing_cache(config, engine_dir / TIMING_CACHE)     # and set on this config
+        else:
+            config.set_timing_cache(cache, ignore_mismatch=False)
+        if precision == "fp16" and not strongly_typed:
+            config.set_flag(trt.BuilderFlag.FP16)
+            if role == "student" and _keep_head_fp32(network) == 0:
+                raise EdgeADError(f"no scoring-head layers (/head/...) in {path.name} to keep in FP32",
+                                  "export the model again with this edgead version")
+            config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
+        elif precision == "fp32" and hasattr(trt.BuilderFlag, "TF32"):
+            config.clear_flag(trt.BuilderFlag.TF32)             # fp32 means FP32, not TF32 convolutions
+        if dla_core is not None:
+            config.default_device_type = trt.DeviceType.DLA
+            config.DLA_core = dla_core
+            config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
+        profile = builder.create_optimization_profile()
+        for i in range(network.num_inputs):
+            tensor = network.get_input(i)
+            chw = [int(tensor.shape[k]) for k in range(1, len(tensor.shape))]      # static in edgead's export
+            if any(d < 0 for d in chw):
+                if tensor.name not in shapes:
+                    raise EdgeADError(f"{path.name} input {tensor.name!r} has no known shape", "export it again")
+                chw = [int(d) for d in shapes[tensor.name]]
+            profile.set_shape(tensor.name, trt.Dims([low, *chw]), trt.Dims([max_batch, *chw]),
+                              trt.Dims([max_batch, *chw]))
+        if config.add_optimization_profile(profile) < 0:
+            raise EdgeADError(f"invalid optimisation profile for {path.name}{_last(errors)}", "export it again")
+        plan: trt.IHostMemory | None = builder.build_serialized_network(network, config)
+        if plan is None:
+            raise EdgeADError(f"TensorRT {version} failed to build the {role} engine{_last(errors)}",
+                              "try a larger --workspace, a smaller --max-batch, or --precision fp32")
+        plans[role] = bytes(memoryview(plan))
+        del parser, network
+    files = {role: f"{role}.{precision}.plan" for role in ROLES}
+    for role in ROLES:
+        atomic_write_bytes(engine_dir / files[role], plans[role])
+    if cache is not None:
+        atomic_write_bytes(engine_dir / TIMING_CACHE, bytes(memoryview(cache.serialize())))
+    return {"backend": "tensorrt", "precision": precision, "files": files,
+            "device": {**identity, "tensorrt": version, "dla_core": dla_core}}
+
+
+def check_device(entry: dict[str, Any], manifest: dict[str, Any]) -> None:
+    """Refuse an engine built on another GPU model or TensorRT version: it would not load, or be wrong."""
+    built = entry.get("device") or {}
+    here = {**gpu_identity(), "tensorrt": trt_version()}
+    if any(str(built.get(k)) != str(here[k]) for k in ("gpu", "compute_capability", "tensorrt")):
+        model = manifest.get("model")
+        model = model.get("path") or model.get("name") if isinstance(model, dict) else model
+        was, now = ({k: d.get(k) for k in ("gpu", "compute_capability", "tensorrt")} for d in (built, here))
+        raise EdgeADError(
+            f"engine built for {was['gpu']} (compute {was['compute_capability']}, TensorRT {was['tensorrt']}) "
+            f"but this is {now['gpu']} (compute {now['compute_capability']}, TensorRT {now['tensorrt']})",
+            f"rebuild on this device: edgead build-engine --model {model or 'models/NAME'}")
+
+
+def _host_array(ptr: int, shape: tuple[int, ...]) -> npt.NDArray[np.float32]:
+    """A float32 numpy view of pinned host memory (valid until close())."""
+    buf = (ctypes.c_float * int(np.prod(shape))).from_address(ptr)
+    return np.frombuffer(memoryview(buf), dtype=np.float32).reshape(shape)
+
+
+class TensorRTDetector:
+    """Detector protocol over the teacher and student engines.
+
+    Every buffer is allocated once, for max_batch, and bound by tensor name; a call only sets the
+    input shapes (when the batch size changes), copies the image in and the map and score out.
+    One stream and one set of buffers: use one detector per thread.
+    """
+
+    backend = "tensorrt"
+
+    def __init__(self, engine_dir: Path, manifest: dict[str, Any], entry: dict[str, Any]) -> None:
+        self._rt: Any = None
+        self._stream: Any = None
+        self._dev: dict[str, int] = {}
+        self._host: dict[str, int] = {}
+        self._engines: dict[str, trt.ICudaEngine] = {}
+        self._contexts: dict[str, trt.IExecutionContext] = {}
+        self._runtime: trt.Runtime | None = None
+        self._batch = 0
+        _require()
+        self._rt = _cudart()
+        self.precision = str(entry["precision"])
+        self.fingerprint = str(entry["fingerprint"])
+        self.feature_names = [str(n) for n in manifest["feature_names"]]
+        self.input_shape = tuple(int(d) for d in manifest["input"]["shape"][1:])
+        self._io = {"teacher": {"image": True, **{f: False for f in self.feature_names}},
+                    "student": {"image": True, **{f: True for f in self.feature_names}, "map": False, "score": False}}
+        check_device(entry, manifest)
+        try:
+            self._open(Path(engine_dir), entry, int(manifest["max_batch"]))
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self, engine_dir: Path, entry: dict[str, Any], max_batch: int) -> None:
+        import tensorrt as trt
+
+        self._logger, errors = _make_logger()
+        self._runtime = trt.Runtime(self._logger)                 # must outlive its engines
+        if entry["device"].get("dla_core") is not None:
+            self._runtime.DLA_core = int(entry["device"]["dla_core"])
+        for role in ROLES:
+            path = engine_dir / entry["files"][role]
+            try:
+                blob = path.read_bytes()
+            except OSError as exc:
+                raise EdgeADError(f"cannot read engine file {path}", "rebuild with `edgead build-engine`") from exc
+            engine: trt.ICudaEngine | None = self._runtime.deserialize_cuda_engine(blob)
+            if engine is None:
+                raise EdgeADError(f"TensorRT could not load {path}{_last(errors)}",
+                                  "rebuild with `edgead build-engine`")
+            names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+            io = {n: engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT for n in names}
+            if io != self._io[role]:
+                raise EdgeADError(f"{path.name} has tensors {sorted(io)}, manifest.json expects {sorted(self._io[role])}",
+                                  "rebuild with `edgead build-engine`")
+            context: trt.IExecutionContext | None = engine.create_execution_context()
+            if context is None:
+                raise EdgeADError(f"TensorRT could not create a context for {path.name}{_last(errors)}", CUDA_HINT)
+            self._engines[role], self._contexts[role] = engine, context
+        teacher, student = self._engines["teacher"], self._engines["student"]
+        dtypes = {n: teacher.get_tensor_dtype(n).name for n in self._io["teacher"]}
+        dtypes.update(map=student.get_tensor_dtype("map").name, score=student.get_tensor_dtype("score").name)
+        if any(dtypes[n] != "FLOAT" for n in ("image", "map", "score")) or any(
+                dtypes[n] != student.get_tensor_dtype(n).name or dtypes[n] not in ITEMSIZE for n in self.feature_names):
+            raise EdgeADError(f"engine tensor types {dtypes} are not what edgead runs (float32 image, map and score)",
+                              "rebuild both engines; an FP16 ONNX must keep float32 inputs and outputs")
+        low, _, high = teacher.get_tensor_profile_shape("image", 0)
+        self._min_batch, self.max_batch = int(low[0]), min(max_batch, int(high[0]))
+        shapes = self._set_batch(self.max_batch)
+        self._stream = _ck(self._rt.cudaStreamCreate(), "cudaStreamCreate")
+        for name, shape in shapes.items():
+            size = int(np.prod(shape)) * ITEMSIZE[dtypes[name]]
+            self._dev[name] = int(_ck(self._rt.cudaMalloc(size), "cudaMalloc"))
+            if name in ("image", "map", "score"):                  # pinned: async copies, no staging copy
+                self._host[name] = int(_ck(self._rt.cudaMallocHost(size), "cudaMallocHost"))
+        self._image, self._map, self._score = (_host_array(self._host[n], shapes[n]) for n in ("image", "map", "score"))
+        self._item_bytes = {n: 4 * int(np.prod(shapes[n][1:])) for n in ("image", "map", "score")}
+        for role, context in self._contexts.items():
+            for name in self._io[role]:                            # the student reads the teacher's outputs
+                if not context.set_tensor_address(name, self._dev[name]):
+                    raise EdgeADError(f"TensorRT refused the {role} buffer for {name}{_last(errors)}", CUDA_HINT)
+
+    def _set_batch(self, n: int) -> dict[str, tuple[int, ...]]:
+        """Set every input shape for batch n; return the shapes of all tensors."""
+        teacher, student = self._contexts["teacher"], self._contexts["student"]
+        shapes: dict[str, tuple[int, ...]] = {"image": (n, *self.input_shape)}
+        ok = teacher.set_input_shape("image", shapes["image"]) and student.set_input_shape("image", shapes["image"])
+        for name in [*self.feature_names, "map", "score"]:
+            dims = (teacher if name in self.feature_names else student).get_tensor_shape(name)
+            shapes[name] = tuple(int(dims[i]) for i in range(len(dims)))
+            if name in self.feature_names:
+                ok = ok and student.set_input_shape(name, shapes[name])
+        if not ok or any(d < 0 for shape in shapes.values() for d in shape):
+            raise EdgeADError(f"TensorRT rejected batch size {n} (engine range {self._min_batch}..{self.max_batch})",
+                              "rebuild with a larger --max-batch")
+        self._batch = n
+        return shapes
+
+    def _run(self, chunk: npt.NDArray[np.float32]) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+        rt, n = self._rt, len(chunk)
+        m = max(n, self._min_batch)                                # a static (DLA) profile runs padded
+        if m != self._batch:
+            self._set_batch(m)
+        self._image[:n] = chunk
+        self._image[n:m] = 0.0
+        to_dev, to_host = rt.cudaMemcpyKind.cudaMemcpyHostToDevice, rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        _ck(rt.cudaMemcpyAsync(self._dev["image"], self._host["image"], m * self._item_bytes["image"], to_dev,
+                               self._stream), "cudaMemcpyAsync")
+        for role in ROLES:
+            if not self._contexts[role].execute_async_v3(int(self._stream)):
+                raise EdgeADError(f"TensorRT {role} engine failed to run", CUDA_HINT)
+        for name in ("map", "score"):
+            _ck(rt.cudaMemcpyAsync(self._host[name], self._dev[name], n * self._item_bytes[name], to_host,
+                                   self._stream), "cudaMemcpyAsync")
+        _ck(rt.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
+        return self._score[:n].reshape(-1).copy(), self._map[:n, 0].copy()
+
+    def infer(self, batch: npt.NDArray[Any]) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+        """NCHW float32 preprocessed images -> (scores N float32, maps N x h x w float32)."""
+        if not self._contexts:
+            raise EdgeADError("this TensorRT detector is closed", "open the engine again with load_detector")
+        if batch.ndim != 4 or tuple(batch.shape[1:]) != self.input_shape:
+            raise EdgeADError(f"input batch has shape {tuple(batch.shape)}, the engine expects N x {self.input_shape}",
+                              "preprocess frames with the engine's preprocessing (manifest.json: preprocess)")
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        parts = [self._run(batch[i:i + self.max_batch]) for i in range(0, len(batch), self.max_batch)]
+        if not parts:
+            return np.zeros(0, np.float32), np.zeros((0, *self._map.shape[2:]), np.float32)
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+    def bound_addresses(self) -> dict[str, dict[str, int]]:
+        """role -> tensor -> the device address its context runs on (the same on every call)."""
+        return {role: {n: int(c.get_tensor_address(n)) for n in self._io[role]} for role, c in self._contexts.items()}
+
+    def close(self) -> None:
+        """Free the device and pinned buffers and the stream; safe to call twice."""
+        rt = self._rt
+        if rt is None:
+            return
+        codes = [rt.cudaStreamSynchronize(self._stream)[0]] if self._stream is not None else []
+        self._contexts.clear()                                     # TensorRT objects go before their memory
+        self._engines.clear()
+        self._runtime = None
+        self._image = self._map = self._score = np.zeros((0, 0, 0, 0), np.float32)
+        codes += [rt.cudaFree(p)[0] for p in self._dev.values()] + [rt.cudaFreeHost(p)[0] for p in self._host.values()]
+        if self._stream is not None:
+            codes.append(rt.cudaStreamDestroy(self._stream)[0])
+        self._dev, self._host, self._stream, self._rt = {}, {}, None, None
+        bad = [c for c in codes if c != rt.cudaError_t.cudaSuccess]
+        if bad:
+            raise EdgeADError(f"CUDA reported {getattr(bad[0], 'name', bad[0])} freeing TensorRT buffers", CUDA_HINT)
+
+    def __enter__(self) -> TensorRTDetector:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:       # interpreter shutdown or a dead CUDA context: nothing left to free safely
+            pass
