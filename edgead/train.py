@@ -89,6 +89,28 @@ def _val_loss(model: DualKD, images: torch.Tensor, cache: Features, batch_size: 
 
 
 @torch.no_grad()
+def recalibrate_batchnorm(model: DualKD, images: torch.Tensor, batch_size: int, device: torch.device) -> None:
+    """Recompute the students' BatchNorm statistics as an exact average over all training images.
+
+    Training normalises with batch statistics; inference uses running statistics. Re-estimating them
+    with the final weights makes inference see what training saw.
+    """
+    bns = [m for p in model.pairs for m in p.student.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    if not bns:
+        return
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None          # cumulative moving average over the pass
+    model.train()
+    for idx in _batches(len(images), batch_size, None):
+        model.student_features(images[idx].to(device))
+    for m, momentum in zip(bns, saved):
+        m.momentum = momentum
+    model.eval()
+
+
+@torch.no_grad()
 def _finalise_statistics(model: DualKD, images: torch.Tensor, cache: Features, cfg: ModelConfig,
                          device: torch.device) -> dict[str, Any]:
     """Map normalisation from held-out good images, then the good-image score statistics."""
@@ -217,6 +239,7 @@ def train(data: str | Path, out: str | Path, cfg: ModelConfig, *, skip_bad: bool
     loop_seconds = time.perf_counter() - loop_start
     epochs_this_run = max(1, len(history) - first_epoch)
     model.load_student_state(best_state)
+    recalibrate_batchnorm(model, train_images, cfg.train.batch_size, dev)
     stats = _finalise_statistics(model, val_images, val_cache, cfg, dev)
     seconds = time.perf_counter() - start
     metadata = {

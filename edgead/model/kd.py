@@ -117,6 +117,12 @@ class Pair(nn.Module):
         self.student: FeatureExtractor = build_feature_extractor(spec.student.arch, spec.student.layers, None)
         if spec.student.init == "teacher":
             self.student.load_state_dict(self.teacher.state_dict())
+        # Lite's TF-ported BatchNorm uses momentum 0.01: over a few hundred steps the student's running
+        # statistics would stay near ImageNet's while its weights adapt to batch statistics, and the
+        # student would disagree with itself between training and inference.
+        for m in self.student.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.momentum = 0.1
         if list(self.teacher.strides) != list(self.student.strides):
             raise EdgeADError(f"pair '{spec.name}': student strides {self.student.strides} differ from the "
                               f"teacher's {self.teacher.strides}",
