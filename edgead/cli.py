@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
@@ -95,6 +94,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_build_engine(args: argparse.Namespace) -> int:
+    from edgead.build_engine import build_engine
+
+    build_engine(args.model, args.out, backend=args.backend, precision=args.precision, max_batch=args.max_batch,
+                 workspace_mib=args.workspace, dla_core=args.dla,
+                 map_size=tuple(args.map_size) if args.map_size else None)
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from edgead.bench import bench
+
+    bench(args.engine, batches=args.batch, iters=args.iters, warmup=args.warmup, with_torch=not args.no_torch,
+          backends=args.backend, out=args.out)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edgead", description="Anomaly detection for factory cameras: "
                                      "train on good parts, inspect every part in milliseconds.")
@@ -133,6 +149,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--skip-bad", action="store_true")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("build-engine", help="export ONNX and build the engines that run on the line")
+    p.add_argument("--model", required=True, help="model folder written by `edgead train`")
+    p.add_argument("--out", help="engine folder (default: engines/<model name>)")
+    p.add_argument("--backend", choices=["auto", "tensorrt", "onnxruntime"], default="auto",
+                   help="auto: TensorRT where usable, else ONNX Runtime")
+    p.add_argument("--precision", choices=["fp16", "fp32"], default="fp16", help="TensorRT precision")
+    p.add_argument("--max-batch", type=int, default=8)
+    p.add_argument("--workspace", type=int, default=1024, help="TensorRT workspace limit in MiB")
+    p.add_argument("--dla", type=int, help="Jetson DLA core (GPU fallback for unsupported layers)")
+    p.add_argument("--map-size", type=int, nargs=2, metavar=("H", "W"),
+                   help="anomaly map resolution returned by the engine (default: the input size)")
+    p.set_defaults(func=cmd_build_engine)
+
+    p = sub.add_parser("bench", help="latency and throughput of every backend that runs here")
+    p.add_argument("--engine", required=True)
+    p.add_argument("--batch", type=int, action="append", help="batch size (repeatable; default 1 and max batch)")
+    p.add_argument("--iters", type=int, default=30)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--backend", action="append", help="only this backend (repeatable), e.g. onnxruntime/fp32")
+    p.add_argument("--no-torch", action="store_true", help="skip the Torch reference backend")
+    p.add_argument("--out", help="write the results as JSON here")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("demo", help="the whole story on a synthetic product, no camera or GPU needed")
     p.add_argument("--out", default="demo-out", help="working folder (default: demo-out)")

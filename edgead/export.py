@@ -1,0 +1,155 @@
+"""ONNX export of the detector as two graphs: teacher (image -> features) and student+head.
+
+Split this way so that on a GPU the teacher's feature maps go straight from one engine's output
+buffers into the next engine's inputs (they never return to the host), and only the anomaly map and
+the score come back. The scoring head (normalised squared difference, upsampling, fusion, blur,
+max) sits at the end of the student graph, in FP32.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+import torch.nn.functional as F
+
+from edgead.errors import EdgeADError
+from edgead.model.kd import DualKD
+
+OPSET = 17
+IMAGE = "image"
+MAP = "map"
+SCORE = "score"
+
+
+def feature_names(model: DualKD) -> list[str]:
+    """Names of the teacher feature tensors, e.g. ['t0_0', 't0_1', 't1_0', 't1_1'] ([pair]_[layer])."""
+    return [f"t{p}_{l}" for p, pair in enumerate(model.pairs) for l in range(len(pair.spec.teacher.layers))]
+
+
+class TeacherGraph(nn.Module):
+    def __init__(self, model: DualKD) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: Tensor) -> tuple[Tensor, ...]:
+        return tuple(f for pair in self.model.pairs for f in pair.teacher_features(image))
+
+
+class HalfTeacherGraph(TeacherGraph):
+    """FP16 backbone with FP32 interface: the image is cast in, the features cast out."""
+
+    def forward(self, image: Tensor) -> tuple[Tensor, ...]:
+        return tuple(f.float() for f in super().forward(image.half()))
+
+
+class StudentGraph(nn.Module):
+    """image + teacher features -> (map N x 1 x h x w, score N). The score is the full-resolution map's max."""
+
+    def __init__(self, model: DualKD, map_size: tuple[int, int] | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.map_size = map_size
+
+    def student_features(self, image: Tensor) -> list[list[Tensor]]:
+        return [pair.student_features(image) for pair in self.model.pairs]
+
+    def forward(self, image: Tensor, *teacher_flat: Tensor) -> tuple[Tensor, Tensor]:
+        teacher, i = [], 0
+        for pair in self.model.pairs:
+            n = len(pair.spec.teacher.layers)
+            teacher.append(list(teacher_flat[i:i + n]))
+            i += n
+        student = self.student_features(image)
+        amap, score = self.model.head(teacher, student)
+        if self.map_size is not None and tuple(self.map_size) != tuple(amap.shape[-2:]):
+            amap = F.adaptive_max_pool2d(amap, self.map_size)   # keeps small hot spots visible
+        return amap, score
+
+
+class HalfStudentGraph(StudentGraph):
+    """FP16 student backbone; the scoring head (normalised squared differences, blur) stays FP32."""
+
+    def student_features(self, image: Tensor) -> list[list[Tensor]]:
+        return [[f.float() for f in pair.student_features(image.half())] for pair in self.model.pairs]
+
+
+def _export(module: nn.Module, args: tuple[Tensor, ...], path: Path, input_names: list[str],
+            output_names: list[str]) -> None:
+    dynamic = {name: {0: "batch"} for name in input_names + output_names}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".onnx.tmp")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, args, str(tmp), input_names=input_names, output_names=output_names,
+                          dynamic_axes=dynamic, opset_version=OPSET, dynamo=False, do_constant_folding=True)
+    tmp.replace(path)
+
+
+def check_onnx(path: Path) -> dict[str, Any]:
+    """onnx.checker plus shape inference; returns the graph's inputs and outputs with their shapes."""
+    import onnx
+
+    model = onnx.load(str(path))
+    try:
+        onnx.checker.check_model(model, full_check=True)
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    except Exception as exc:  # onnx raises several exception types; all mean a broken export
+        raise EdgeADError(f"exported ONNX graph {path.name} failed the checker: {exc}".splitlines()[0],
+                          "this is a bug in edgead's export; please report it with the model config") from exc
+
+    def dims(v: Any) -> list[int | str]:
+        return [d.dim_value if d.HasField("dim_value") else d.dim_param for d in v.type.tensor_type.shape.dim]
+
+    return {"inputs": {v.name: dims(v) for v in inferred.graph.input},
+            "outputs": {v.name: dims(v) for v in inferred.graph.output}}
+
+
+@torch.no_grad()
+def export_onnx(model: DualKD, out_dir: Path, map_size: tuple[int, int] | None = None) -> dict[str, Any]:
+    """Write teacher.onnx and student.onnx into out_dir; return their checked signatures."""
+    model = model.float().cpu().eval()
+    h, w = model.cfg.input.height, model.cfg.input.width
+    image = torch.randn(2, 3, h, w)
+    names = feature_names(model)
+    teacher_path, student_path = out_dir / "teacher.onnx", out_dir / "student.onnx"
+    _export(TeacherGraph(model), (image,), teacher_path, [IMAGE], names)
+    feats = TeacherGraph(model)(image)
+    student = StudentGraph(model, map_size)
+    _export(student, (image, *feats), student_path, [IMAGE, *names], [MAP, SCORE])
+    amap, _ = student(image, *feats)
+    return {"teacher": {"file": teacher_path.name, **check_onnx(teacher_path)},
+            "student": {"file": student_path.name, **check_onnx(student_path)},
+            "feature_names": names,
+            # Concrete per-image shapes (shape inference leaves resized dims symbolic).
+            "feature_shapes": {n: list(f.shape[1:]) for n, f in zip(names, feats)},
+            "map_shape": list(amap.shape[1:])}
+
+
+@torch.no_grad()
+def export_onnx_fp16(model: DualKD, out_dir: Path, map_size: tuple[int, int] | None = None) -> dict[str, Any]:
+    """Write teacher.fp16.onnx and student.fp16.onnx: FP16 weights and convolutions, FP32 inputs,
+    outputs and scoring head. This is a strongly-typed graph: each op's precision is in the file."""
+    import copy
+
+    half = copy.deepcopy(model).float().cpu().eval()
+    for pair in half.pairs:
+        pair.teacher.half()
+        pair.student.half()
+        pair.projections.half()
+        if pair.renorm:
+            pair.renorm_scale.data = pair.renorm_scale.half()
+            pair.renorm_shift.data = pair.renorm_shift.half()
+    h, w = model.cfg.input.height, model.cfg.input.width
+    image = torch.randn(2, 3, h, w)
+    names = feature_names(model)
+    teacher_path, student_path = out_dir / "teacher.fp16.onnx", out_dir / "student.fp16.onnx"
+    _export(HalfTeacherGraph(half), (image,), teacher_path, [IMAGE], names)
+    feats = HalfTeacherGraph(half)(image)
+    _export(HalfStudentGraph(half, map_size), (image, *feats), student_path, [IMAGE, *names], [MAP, SCORE])
+    return {"teacher": {"file": teacher_path.name, **check_onnx(teacher_path)},
+            "student": {"file": student_path.name, **check_onnx(student_path)},
+            "feature_names": names}

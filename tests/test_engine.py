@@ -1,0 +1,123 @@
+"""build-engine, the ONNX Runtime backend and its parity with Torch, the manifest checks, bench."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from edgead.backends import load_detector
+from edgead.backends.manifest import MANIFEST
+from edgead.backends.torch import TorchDetector
+from edgead.cli import main
+from edgead.data.images import read_image
+from edgead.data.mvtec import test_samples
+from edgead.errors import EdgeADError
+from edgead.preprocess import PreprocessSpec, preprocess
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model, tmp_path_factory):
+    from edgead.build_engine import build_engine
+
+    out = tmp_path_factory.mktemp("engines") / "tiny"
+    build_engine(tiny_model, out, max_batch=4, log=lambda s: None)
+    return out
+
+
+def _images(tiny_product, engine):
+    spec = PreprocessSpec.from_dict(json.loads((engine / MANIFEST).read_text())["preprocess"])
+    samples = test_samples(tiny_product)
+    real = np.stack([preprocess(read_image(s.path), spec) for s in samples])
+    noise = np.random.default_rng(0).normal(size=(3, *real.shape[1:])).astype(np.float32)
+    return np.concatenate([real, noise]), [s.label for s in samples]
+
+
+def test_manifest_contents(engine):
+    m = json.loads((engine / MANIFEST).read_text())
+    assert m["input"]["shape"] == ["batch", 3, 64, 64]
+    assert m["feature_names"] == ["t0_0", "t0_1", "t1_0", "t1_1"]
+    assert m["outputs"]["score"] == ["batch"] and m["map_size"] == [64, 64]
+    kinds = {(e["backend"], e["precision"]) for e in m["engines"]}
+    assert {("onnxruntime", "fp32"), ("onnxruntime", "fp16")} <= kinds
+    for e in m["engines"]:
+        assert len(e["fingerprint"]) == 64
+        for f in e["files"].values():
+            assert len(m["sha256"][f]) == 64
+
+
+def test_onnxruntime_matches_torch(engine, tiny_model, tiny_product):
+    x, _ = _images(tiny_product, engine)
+    ort_det = load_detector(engine, "onnxruntime", "fp32")
+    torch_det = TorchDetector(tiny_model)
+    s_ort, m_ort = ort_det.infer(x)
+    s_t, m_t = torch_det.infer(x)
+    assert m_ort.shape == m_t.shape == (len(x), 64, 64)
+    span = float(m_t.max() - m_t.min())
+    assert float(np.abs(m_ort - m_t).max()) <= 1e-4 * span
+    threshold = float(np.median(s_t))
+    assert ((s_ort >= threshold) == (s_t >= threshold)).all()
+
+
+def test_fp16_graph_runs_close_to_fp32(engine, tiny_product):
+    x, _ = _images(tiny_product, engine)
+    s32, _ = load_detector(engine, "onnxruntime", "fp32").infer(x)
+    s16, m16 = load_detector(engine, "onnxruntime", "fp16").infer(x)
+    assert np.isfinite(m16).all()
+    assert float(np.max(np.abs(s16 - s32) / np.abs(s32))) < 0.05
+
+
+def test_batches_larger_than_max_batch_are_split(engine, tiny_product):
+    x, _ = _images(tiny_product, engine)
+    det = load_detector(engine)
+    assert det.max_batch == 4 and len(x) > 4
+    s_all, _ = det.infer(x)
+    s_one = np.concatenate([det.infer(x[i:i + 1])[0] for i in range(len(x))])
+    assert np.allclose(s_all, s_one, rtol=1e-5, atol=1e-6)
+
+
+def test_wrong_input_shape_is_refused(engine):
+    with pytest.raises(EdgeADError, match="engine expects"):
+        load_detector(engine).infer(np.zeros((1, 3, 32, 32), np.float32))
+
+
+def test_tampered_engine_is_refused(engine, tmp_path):
+    copy = tmp_path / "e"
+    shutil.copytree(engine, copy)
+    with open(copy / "student.onnx", "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(EdgeADError, match="does not match its manifest"):
+        load_detector(copy)
+    shutil.copy(engine / "student.onnx", copy / "student.onnx")
+    m = json.loads((copy / MANIFEST).read_text())
+    m["preprocess"]["height"] = 128
+    (copy / MANIFEST).write_text(json.dumps(m))
+    with pytest.raises(EdgeADError, match="was edited"):
+        load_detector(copy)
+
+
+def test_engine_folder_errors(tmp_path, engine, capsys):
+    assert main(["bench", "--engine", str(tmp_path / "none")]) == 2
+    assert "engine folder not found" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(EdgeADError, match="not an edgead engine folder"):
+        load_detector(tmp_path / "empty")
+    with pytest.raises(EdgeADError, match="no tensorrt engine"):
+        load_detector(engine, "tensorrt")
+
+
+def test_build_engine_cli_refuses_tensorrt_here(tiny_model, tmp_path, capsys):
+    code = main(["build-engine", "--model", str(tiny_model), "--out", str(tmp_path / "e"), "--backend", "tensorrt"])
+    assert code == 2
+    assert "edgead[trt]" in capsys.readouterr().err
+
+
+def test_bench_reports_every_backend(engine, tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--engine", str(engine), "--iters", "2", "--warmup", "1", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    names = {r["backend"] for r in rows}
+    assert {"onnxruntime/fp32", "onnxruntime/fp16", "torch/fp32"} <= names
+    assert {r["batch"] for r in rows} == {1, 4}
+    assert all(r["p50_ms"] > 0 and r["images_per_s"] > 0 for r in rows)
+    assert "p99 ms" in capsys.readouterr().out
