@@ -97,7 +97,7 @@ class ModelConfig:
     preset: str
     input: PreprocessSpec
     pairs: list[PairSpec]
-    fusion: str = "multiplicative"
+    fusion: str = "additive"
     blur_sigma: float = 4.0
     train: TrainSpec = field(default_factory=TrainSpec)
 
@@ -199,7 +199,9 @@ PRESETS: dict[str, dict[str, Any]] = {
              "teacher": {"arch": "efficientnet_lite0", "layers": ["stage5", "stage7"], "pool": 1},
              "student": {"arch": "efficientnet_lite0", "layers": ["stage5", "stage7"], "init": "random"}},
         ],
-        "fusion": "multiplicative",
+        # Additive: on the synthetic products the multiplicative fusion lost 0.17 AUROC on brushed metal,
+        # where the deep map is flat; the additive one stayed within 0.01 elsewhere (docs/benchmarks.md).
+        "fusion": "additive",
         "blur_sigma": 4.0,
         "train": {},
     },

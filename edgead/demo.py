@@ -42,7 +42,7 @@ def run_demo(out: Path, quick: bool = False, data: str | None = None, epochs: in
         if not is_mvtec_root(root):
             raise EdgeADError(f"{root} is not an MVTec-layout category (train/good and test/ are needed)",
                               "see README: 'Your own images'")
-    overrides: dict[str, Any] = {"train": {"epochs": epochs or (4 if quick else 20), "seed": seed}}
+    overrides: dict[str, Any] = {"train": {"epochs": epochs or (4 if quick else 30), "seed": seed}}
     if quick:
         overrides["input"] = {"height": 128, "width": 128}
     cfg = load_config(None, None, overrides)

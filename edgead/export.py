@@ -17,7 +17,7 @@ from torch import Tensor, nn
 import torch.nn.functional as F
 
 from edgead.errors import EdgeADError
-from edgead.model.kd import DualKD
+from edgead.model.kd import DualKD, with_half_backbones
 
 OPSET = 17
 IMAGE = "image"
@@ -108,17 +108,14 @@ def check_onnx(path: Path) -> dict[str, Any]:
             "outputs": {v.name: dims(v) for v in inferred.graph.output}}
 
 
-@torch.no_grad()
-def export_onnx(model: DualKD, out_dir: Path, map_size: tuple[int, int] | None = None) -> dict[str, Any]:
-    """Write teacher.onnx and student.onnx into out_dir; return their checked signatures."""
-    model = model.float().cpu().eval()
-    h, w = model.cfg.input.height, model.cfg.input.width
-    image = torch.randn(2, 3, h, w)
+def _export_graphs(teacher: TeacherGraph, student: StudentGraph, out_dir: Path, suffix: str) -> dict[str, Any]:
+    """Export one teacher/student pair of graphs, check them, return their signatures and shapes."""
+    model = teacher.model
+    image = torch.randn(2, 3, model.cfg.input.height, model.cfg.input.width)
     names = feature_names(model)
-    teacher_path, student_path = out_dir / "teacher.onnx", out_dir / "student.onnx"
-    _export(TeacherGraph(model), (image,), teacher_path, [IMAGE], names)
-    feats = TeacherGraph(model)(image)
-    student = StudentGraph(model, map_size)
+    teacher_path, student_path = out_dir / f"teacher{suffix}.onnx", out_dir / f"student{suffix}.onnx"
+    _export(teacher, (image,), teacher_path, [IMAGE], names)
+    feats = teacher(image)
     _export(student, (image, *feats), student_path, [IMAGE, *names], [MAP, SCORE])
     amap, _ = student(image, *feats)
     return {"teacher": {"file": teacher_path.name, **check_onnx(teacher_path)},
@@ -130,26 +127,15 @@ def export_onnx(model: DualKD, out_dir: Path, map_size: tuple[int, int] | None =
 
 
 @torch.no_grad()
+def export_onnx(model: DualKD, out_dir: Path, map_size: tuple[int, int] | None = None) -> dict[str, Any]:
+    """Write teacher.onnx and student.onnx (FP32) into out_dir."""
+    model = model.float().cpu().eval()
+    return _export_graphs(TeacherGraph(model), StudentGraph(model, map_size), out_dir, "")
+
+
+@torch.no_grad()
 def export_onnx_fp16(model: DualKD, out_dir: Path, map_size: tuple[int, int] | None = None) -> dict[str, Any]:
     """Write teacher.fp16.onnx and student.fp16.onnx: FP16 weights and convolutions, FP32 inputs,
     outputs and scoring head. This is a strongly-typed graph: each op's precision is in the file."""
-    import copy
-
-    half = copy.deepcopy(model).float().cpu().eval()
-    for pair in half.pairs:
-        pair.teacher.half()
-        pair.student.half()
-        pair.projections.half()
-        if pair.renorm:
-            pair.renorm_scale.data = pair.renorm_scale.half()
-            pair.renorm_shift.data = pair.renorm_shift.half()
-    h, w = model.cfg.input.height, model.cfg.input.width
-    image = torch.randn(2, 3, h, w)
-    names = feature_names(model)
-    teacher_path, student_path = out_dir / "teacher.fp16.onnx", out_dir / "student.fp16.onnx"
-    _export(HalfTeacherGraph(half), (image,), teacher_path, [IMAGE], names)
-    feats = HalfTeacherGraph(half)(image)
-    _export(HalfStudentGraph(half, map_size), (image, *feats), student_path, [IMAGE, *names], [MAP, SCORE])
-    return {"teacher": {"file": teacher_path.name, **check_onnx(teacher_path)},
-            "student": {"file": student_path.name, **check_onnx(student_path)},
-            "feature_names": names}
+    half = with_half_backbones(model)
+    return _export_graphs(HalfTeacherGraph(half), HalfStudentGraph(half, map_size), out_dir, ".fp16")

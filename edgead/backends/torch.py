@@ -10,6 +10,7 @@ import torch
 
 from edgead.io import sha256_file
 from edgead.model.artifact import WEIGHTS_FILE, load_model
+from edgead.model.kd import with_half_backbones
 
 
 class TorchDetector:
@@ -19,6 +20,8 @@ class TorchDetector:
 
     def __init__(self, model_dir: str | Path, device: str = "cpu", precision: str = "fp32", max_batch: int = 8) -> None:
         self.model, self.metadata = load_model(model_dir, device)
+        if precision == "fp16":
+            self.model = with_half_backbones(self.model).to(device)
         self.device = torch.device(device)
         self.precision = precision
         self.max_batch = max_batch
@@ -33,9 +36,8 @@ class TorchDetector:
             x = torch.from_numpy(np.ascontiguousarray(batch[i:i + self.max_batch], np.float32)).to(self.device)
             if self.precision == "fp16":
                 # Backbones in FP16, the scoring head in FP32 (as the FP16 engines do).
-                with torch.autocast(self.device.type, dtype=torch.float16 if self.device.type == "cuda" else torch.bfloat16):
-                    t = self.model.teacher_features(x)
-                    s = self.model.student_features(x)
+                t = [[f.float() for f in layers] for layers in self.model.teacher_features(x.half())]
+                s = [[f.float() for f in layers] for layers in self.model.student_features(x.half())]
                 amap, score = self.model.head(t, s)
             else:
                 amap, score = self.model(x)

@@ -218,3 +218,20 @@ def describe(model: DualKD) -> dict[str, Any]:
                           "student_params": sum(x.numel() for x in p.student.parameters())
                           + sum(x.numel() for x in p.projections.parameters())}
             for p in model.pairs}
+
+
+def with_half_backbones(model: DualKD) -> DualKD:
+    """A copy whose teachers, students and projections run in FP16; the scoring head stays FP32.
+
+    This is what an FP16 engine computes; feed it `x.half()` and cast the features back to float.
+    """
+    import copy
+
+    half = copy.deepcopy(model).float().cpu().eval()
+    for pair in half.pairs:
+        pair.teacher.half()
+        pair.student.half()
+        pair.projections.half()
+        pair.renorm_scale.data = pair.renorm_scale.half()
+        pair.renorm_shift.data = pair.renorm_shift.half()
+    return half
