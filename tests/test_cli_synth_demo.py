@@ -1,0 +1,32 @@
+"""`edgead synth` and `edgead demo --quick` through the CLI."""
+
+from pathlib import Path
+
+from edgead.cli import main
+
+
+def test_synth_cli_writes_each_category(tmp_path, capsys):
+    assert main(["synth", "--out", str(tmp_path), "--seed", "1", "--category", "washer"]) == 0
+    root = Path(capsys.readouterr().out.strip())
+    assert root == tmp_path / "washer"
+    assert len(list((root / "train" / "good").glob("*.png"))) == 60
+    assert any((root / "ground_truth").iterdir())
+
+
+def test_synth_cli_unknown_category(tmp_path, capsys):
+    assert main(["synth", "--out", str(tmp_path), "--category", "gears"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown synthetic category 'gears'" in err and "washer" in err
+
+
+def test_quick_demo_trains_evaluates_and_prints_metrics(tmp_path, capsys):
+    assert main(["demo", "--quick", "--epochs", "1", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "image AUROC" in out and "[demo] training:" in out
+    assert (tmp_path / "eval" / "eval.json").is_file()
+    assert (tmp_path / "model" / "metadata.json").is_file()
+
+
+def test_demo_on_a_folder_that_is_not_mvtec(tmp_path, capsys):
+    assert main(["demo", "--data", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    assert "not an MVTec-layout category" in capsys.readouterr().err
