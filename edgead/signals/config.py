@@ -1,0 +1,352 @@
+"""Typed reject-output configs, read from the `outputs:` list of the run YAML.
+
+A typo in an output's config must never be ignored: a misspelt `delay_ms` would kick the wrong part.
+So every unknown key, missing key and bad value is an EdgeADError naming the output and the key.
+
+    outputs:
+      - type: modbus
+        host: 192.168.0.10
+        coil: 12
+        delay_ms: 350
+        pulse_ms: 80
+    on_sink_failure: alarm   # or stop
+"""
+
+from __future__ import annotations
+
+import string
+import types
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+from edgead.errors import EdgeADError
+from edgead.protocols import InspectionEvent
+
+FAILURE_POLICIES = ("alarm", "stop")
+TEMPLATE_FIELDS = ("seq", "decision", "score", "threshold", "reason", "source", "wall_time", "t_capture", "line")
+
+
+@dataclass
+class EncoderConfig:
+    """Delay in belt travel (encoder counts) instead of time: right even when the belt speed changes."""
+
+    source: str = "modbus"        # "modbus": a counter register in the PLC; "gpio": count edges on a line
+    host: str = ""                # modbus
+    port: int = 502
+    unit: int = 1
+    register: int | None = None
+    input_register: bool = False  # read an input register (function 4) instead of a holding register (3)
+    bits: int = 16                # 16 (one register) or 32 (two registers); the count wraps at 2**bits
+    word_order: str = "big"       # 32-bit counters: "big" = high word first
+    timeout_ms: float = 500.0
+    chip: str = "/dev/gpiochip0"  # gpio
+    line: int | None = None
+    edge: str = "rising"          # "rising", "falling" or "both"
+    poll_ms: float = 2.0          # how often the count is sampled
+    delay_counts: int = 0         # capture -> reject station, in counts
+    pulse_counts: int = 10        # how long the output stays on, in counts
+    late_counts: int = 0          # a pulse may start this many counts late; later is a missed part
+
+
+@dataclass
+class SinkConfig:
+    type: str = ""
+    name: str = ""                # shown in alarms and health errors; defaults to the type
+
+
+@dataclass
+class TimedConfig(SinkConfig):
+    """An output that physically kicks the part: fires delay_ms after capture for pulse_ms."""
+
+    delay_ms: float = 0.0         # capture -> part in front of the reject station
+    pulse_ms: float = 50.0        # how long the output stays on; overlapping pulses merge
+    late_ms: float | None = None  # a pulse may start this late; later is a missed part (alarm).
+                                  # Default: half the pulse (at least 10 ms)
+    encoder: EncoderConfig | None = None
+
+
+@dataclass
+class GpioConfig(TimedConfig):
+    backend: str = "gpiod"        # "gpiod" (any Linux board, /dev/gpiochipN) or "jetson" (Jetson.GPIO)
+    chip: str = "/dev/gpiochip0"  # gpiod
+    pin: int | None = None        # gpiod: line offset on the chip; jetson: pin number in `numbering`
+    alarm_pin: int | None = None  # on while an output has failed (latched until reset)
+    ready_pin: int | None = None  # on while edgead is inspecting
+    active_low: bool = False
+    numbering: str = "BOARD"      # jetson: "BOARD" or "BCM"
+
+
+@dataclass
+class ModbusConfig(TimedConfig):
+    host: str = ""
+    port: int = 502
+    unit: int = 1
+    coil: int | None = None       # exactly one of coil / register
+    register: int | None = None   # holding register
+    value: int = 1                # register value written on set (coils write True)
+    reset_value: int = 0
+    mode: str = "pulse"           # "pulse": set, then reset after pulse_ms; "set": set only, the PLC resets
+    heartbeat_register: int | None = None   # incremented every heartbeat_ms so the PLC sees we are alive
+    heartbeat_ms: float = 1000.0
+    timeout_ms: float = 500.0
+    reconnect_min_ms: float = 500.0
+    reconnect_max_ms: float = 10000.0
+
+
+@dataclass
+class MqttConfig(SinkConfig):
+    host: str = ""
+    port: int = 1883
+    line: str = "line1"           # fills {line} in the topics
+    topic: str = "edgead/{line}/events"
+    status_topic: str = "edgead/{line}/status"   # retained "online"; "offline" as last will
+    alarm_topic: str = "edgead/{line}/alarm"     # retained JSON while an output has failed
+    per_part: bool = False        # every inspected part, not only rejects
+    qos: int = 1
+    retain: bool = False          # for events (status is always retained)
+    client_id: str = ""
+    keepalive_s: int = 30
+    username: str = ""
+    password: str = ""
+    password_env: str = ""        # read the password from this environment variable instead
+    tls: bool = False
+    ca_certs: str = ""
+    certfile: str = ""
+    keyfile: str = ""
+    tls_insecure: bool = False    # skip the broker host name check (self-signed test brokers only)
+    outbox: int = 1000            # events kept while the broker is down, sent in order on reconnect
+    window: int = 10              # unacknowledged messages in flight
+    reconnect_min_ms: float = 200.0
+    reconnect_max_ms: float = 5000.0
+    connect_timeout_ms: float = 2000.0
+
+
+@dataclass
+class WebhookConfig(SinkConfig):
+    url: str = ""
+    per_part: bool = False
+    timeout_ms: float = 2000.0
+    retries: int = 3              # attempts after the first one
+    backoff_ms: float = 200.0     # doubles after each failed attempt
+    token: str = ""               # sent as "Authorization: Bearer <token>"
+    token_env: str = ""           # read the token from this environment variable instead
+    queue: int = 1000
+
+
+@dataclass
+class SerialConfig(TimedConfig):
+    port: str = ""                # e.g. /dev/ttyUSB0
+    baudrate: int = 9600
+    template: str = "REJECT {seq}\n"
+    end_template: str = ""        # sent when the pulse ends (pulse_ms later), if not empty
+    pulse_ms: float = 0.0
+    write_timeout_ms: float = 200.0
+
+
+@dataclass
+class LogConfig(SinkConfig):
+    path: str = "rejects.jsonl"
+    per_part: bool = True
+
+
+SINK_CONFIGS: dict[str, type[SinkConfig]] = {
+    "gpio": GpioConfig, "modbus": ModbusConfig, "mqtt": MqttConfig, "webhook": WebhookConfig,
+    "serial": SerialConfig, "log": LogConfig,
+}
+
+
+@dataclass
+class OutputsConfig:
+    sinks: list[SinkConfig] = field(default_factory=list)
+    on_sink_failure: str = "alarm"   # "alarm": keep inspecting with the other outputs; "stop": stop the line
+
+
+def render_template(template: str, event: InspectionEvent, line: str = "") -> str:
+    """Fill {seq}, {decision}, ... from the event (the fields in TEMPLATE_FIELDS)."""
+    values = {"seq": event.seq, "decision": event.decision, "score": event.score, "threshold": event.threshold,
+              "reason": event.reason, "source": event.source, "wall_time": event.wall_time,
+              "t_capture": event.t_capture, "line": line}
+    return template.format(**values)
+
+
+def check_template(where: str, key: str, template: str) -> None:
+    try:
+        names = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+    except ValueError as err:
+        raise EdgeADError(f"{where}: '{key}' is not a valid template ({err})",
+                          "write fields as {seq}; a literal brace is {{ or }}") from None
+    bad = sorted(n for n in names if n.split(".")[0].split("[")[0] not in TEMPLATE_FIELDS)
+    if bad:
+        raise EdgeADError(f"{where}: '{key}' uses an unknown field {{{bad[0]}}}",
+                          f"fields: {', '.join('{' + f + '}' for f in TEMPLATE_FIELDS)}")
+
+
+def _type_ok(value: Any, hint: Any) -> bool:
+    origin = get_origin(hint)
+    if origin in (Union, types.UnionType):
+        return any(_type_ok(value, h) for h in get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    return True
+
+
+def _build(cls: type, where: str, data: Any) -> Any:
+    if not isinstance(data, dict):
+        raise EdgeADError(f"{where} must be a mapping, got {type(data).__name__}",
+                          "each output is a mapping like {type: log, path: rejects.jsonl}")
+    hints = get_type_hints(cls)
+    names = [f.name for f in fields(cls)]
+    unknown = [k for k in data if k not in names]
+    if unknown:
+        raise EdgeADError(f"{where}: unknown key '{unknown[0]}'", f"allowed keys: {', '.join(sorted(names))}")
+    values = dict(data)
+    for key, value in data.items():
+        hint = hints[key]
+        if hint == (EncoderConfig | None) and isinstance(value, dict):
+            values[key] = _build(EncoderConfig, f"{where}.encoder", value)
+            continue
+        if not _type_ok(value, hint):
+            want = str(hint).replace("NoneType", "None").replace("<class '", "").replace("'>", "")
+            raise EdgeADError(f"{where}: '{key}' has a bad value {value!r}", f"expected {want}")
+    obj = cls(**values)
+    for f in fields(cls):           # YAML ints are fine where a float is meant
+        if hints[f.name] is float or (hints[f.name] == (float | None) and getattr(obj, f.name) is not None):
+            setattr(obj, f.name, float(getattr(obj, f.name)))
+    return obj
+
+
+def _need(where: str, ok: bool, message: str, hint: str) -> None:
+    if not ok:
+        raise EdgeADError(f"{where}: {message}", hint)
+
+
+def _one_of(where: str, key: str, value: str, allowed: tuple[str, ...]) -> None:
+    _need(where, value in allowed, f"'{key}' has a bad value {value!r}", f"use one of: {', '.join(allowed)}")
+
+
+def _validate_timed(where: str, cfg: TimedConfig, raw: dict[str, Any]) -> None:
+    if cfg.late_ms is None:
+        cfg.late_ms = max(10.0, cfg.pulse_ms / 2)
+    _need(where, cfg.delay_ms >= 0 and cfg.pulse_ms >= 0 and cfg.late_ms >= 0,
+          "delay_ms, pulse_ms and late_ms must be >= 0", "delay_ms is capture -> reject station, in ms")
+    enc = cfg.encoder
+    if enc is None:
+        return
+    w = f"{where}.encoder"
+    for key in ("delay_ms", "pulse_ms", "late_ms"):
+        _need(where, key not in raw, f"'{key}' cannot be used with an encoder",
+              f"use encoder.{key.replace('_ms', '_counts')} (belt travel in encoder counts)")
+    _one_of(w, "source", enc.source, ("modbus", "gpio"))
+    _one_of(w, "edge", enc.edge, ("rising", "falling", "both"))
+    _one_of(w, "word_order", enc.word_order, ("big", "little"))
+    _need(w, enc.bits in (16, 32), f"'bits' has a bad value {enc.bits!r}", "use 16 (one register) or 32 (two)")
+    _need(w, enc.delay_counts >= 0 and enc.pulse_counts >= 0 and enc.late_counts >= 0 and enc.poll_ms > 0,
+          "counts must be >= 0 and poll_ms > 0", "delay_counts is the belt travel capture -> reject station")
+    if enc.source == "modbus":
+        _need(w, bool(enc.host) and enc.register is not None, "a modbus encoder needs 'host' and 'register'",
+              "the PLC's address and the holding register that holds the encoder count")
+    else:
+        _need(w, enc.line is not None, "a gpio encoder needs 'line'", "the line offset the encoder pulses arrive on")
+
+
+def _validate(where: str, cfg: SinkConfig, raw: dict[str, Any]) -> None:
+    if isinstance(cfg, TimedConfig):
+        _validate_timed(where, cfg, raw)
+    if isinstance(cfg, GpioConfig):
+        _one_of(where, "backend", cfg.backend, ("gpiod", "jetson"))
+        _one_of(where, "numbering", cfg.numbering, ("BOARD", "BCM"))
+        _need(where, cfg.pin is not None, "missing key 'pin'", "the output line that drives the reject actuator")
+        pins = [p for p in (cfg.pin, cfg.alarm_pin, cfg.ready_pin) if p is not None]
+        _need(where, len(set(pins)) == len(pins), f"pin, alarm_pin and ready_pin must differ, got {pins}",
+              "give each signal its own line")
+    elif isinstance(cfg, ModbusConfig):
+        _need(where, bool(cfg.host), "missing key 'host'", "the PLC's IP address or host name")
+        _need(where, (cfg.coil is None) != (cfg.register is None), "give exactly one of 'coil' and 'register'",
+              "coil: 12 writes a coil; register: 40 writes a holding register")
+        _one_of(where, "mode", cfg.mode, ("pulse", "set"))
+        _need(where, 0 <= cfg.value <= 0xFFFF and 0 <= cfg.reset_value <= 0xFFFF,
+              "'value' and 'reset_value' must fit a register (0..65535)", "e.g. value: 1, reset_value: 0")
+        _need(where, cfg.heartbeat_ms > 0 and cfg.timeout_ms > 0 and 0 < cfg.reconnect_min_ms <= cfg.reconnect_max_ms,
+              "heartbeat_ms, timeout_ms and reconnect_*_ms must be > 0 (min <= max)", "the defaults are usually right")
+    elif isinstance(cfg, MqttConfig):
+        _need(where, bool(cfg.host), "missing key 'host'", "the MQTT broker's address")
+        _need(where, cfg.qos in (0, 1, 2), f"'qos' has a bad value {cfg.qos!r}", "use 0, 1 or 2 (1: no event lost)")
+        _need(where, cfg.outbox >= 1 and cfg.window >= 1, "'outbox' and 'window' must be >= 1", "e.g. outbox: 1000")
+        _need(where, not (cfg.password and cfg.password_env), "give 'password' or 'password_env', not both",
+              "password_env names an environment variable that holds the password")
+        for key in ("topic", "status_topic", "alarm_topic"):
+            check_template(where, key, getattr(cfg, key))
+    elif isinstance(cfg, WebhookConfig):
+        _need(where, cfg.url.startswith(("http://", "https://")), f"'url' must start with http:// or https://, got {cfg.url!r}",
+              "e.g. url: http://mes.local:8080/edgead/events")
+        _need(where, cfg.retries >= 0 and cfg.queue >= 1 and cfg.timeout_ms > 0, "retries >= 0, queue >= 1, timeout_ms > 0",
+              "e.g. retries: 3")
+        _need(where, not (cfg.token and cfg.token_env), "give 'token' or 'token_env', not both",
+              "token_env names an environment variable that holds the token")
+    elif isinstance(cfg, SerialConfig):
+        _need(where, bool(cfg.port), "missing key 'port'", "the serial device, e.g. /dev/ttyUSB0")
+        _need(where, cfg.baudrate > 0, f"'baudrate' has a bad value {cfg.baudrate!r}", "e.g. 9600 or 115200")
+        check_template(where, "template", cfg.template)
+        check_template(where, "end_template", cfg.end_template)
+    elif isinstance(cfg, LogConfig):
+        _need(where, bool(cfg.path), "missing key 'path'", "e.g. path: runs/line1/rejects.jsonl")
+
+
+def parse_sink(raw: Any, index: int = 0) -> SinkConfig:
+    """One entry of `outputs:` as its typed config; errors name `outputs[i] (type)` and the key."""
+    if not isinstance(raw, dict) or "type" not in raw:
+        raise EdgeADError(f"outputs[{index}] needs a 'type'", f"one of: {', '.join(SINK_CONFIGS)}")
+    kind = raw["type"]
+    if kind not in SINK_CONFIGS:
+        raise EdgeADError(f"outputs[{index}]: unknown output type {kind!r}", f"one of: {', '.join(SINK_CONFIGS)}")
+    where = f"outputs[{index}] ({kind})"
+    cfg = _build(SINK_CONFIGS[kind], where, raw)
+    _validate(where, cfg, raw)
+    if not cfg.name:
+        cfg.name = kind
+    return cfg
+
+
+def parse_outputs(run_config: Any) -> OutputsConfig:
+    """The `outputs:` list and `on_sink_failure:` of a run config (other top-level keys belong to others)."""
+    if not isinstance(run_config, dict):
+        raise EdgeADError("run config must be a mapping", "see `outputs:` in docs for the layout")
+    raw = run_config.get("outputs", [])
+    if raw is None:
+        raw = []
+    if not isinstance(raw, list):
+        raise EdgeADError("'outputs' must be a list of outputs", "each item starts with '- type: ...'")
+    policy = run_config.get("on_sink_failure", "alarm")
+    if policy not in FAILURE_POLICIES:
+        raise EdgeADError(f"'on_sink_failure' has a bad value {policy!r}",
+                          "alarm: keep inspecting with the other outputs; stop: stop the line")
+    sinks = [parse_sink(item, i) for i, item in enumerate(raw)]
+    names: dict[str, int] = {}
+    for cfg in sinks:               # two outputs of one type without names: modbus, modbus#2
+        names[cfg.name] = names.get(cfg.name, 0) + 1
+        if names[cfg.name] > 1:
+            cfg.name = f"{cfg.name}#{names[cfg.name]}"
+    return OutputsConfig(sinks=sinks, on_sink_failure=policy)
+
+
+def load_outputs(path: str | Path) -> OutputsConfig:
+    """Read a run YAML file and parse its outputs."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise EdgeADError(f"run config not found: {path}", "give the path of the run YAML") from None
+    except yaml.YAMLError as err:
+        raise EdgeADError(f"run config {path} is not valid YAML: {err}", "check the indentation near that line") from None
+    return parse_outputs(data or {})

@@ -1,0 +1,91 @@
+"""JSONL log output: one JSON object per event (and per alarm), appended and flushed; always available.
+
+Also home of the one JSON form of an event that the mqtt and webhook outputs send too, so a
+consumer parses the same record whichever output it reads.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from pathlib import Path
+from typing import Any, TextIO
+
+from edgead.io import _finite, _json_default
+from edgead.protocols import InspectionEvent
+from edgead.signals import SinkBase
+from edgead.signals.config import LogConfig
+from edgead.signals.timing import Worker
+
+
+def event_json(event: InspectionEvent, **extra: Any) -> str:
+    """Strict one-line JSON of the event (NaN -> null), with extra top-level fields (e.g. line)."""
+    data = event.to_dict()
+    data.update(extra)
+    return json.dumps(_finite(data), default=_json_default, allow_nan=False, separators=(",", ":"))
+
+
+def utc_now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class LogSink(SinkBase):
+    """Appends events to a JSONL file from its own thread (a slow disk never stalls the run loop)."""
+
+    def __init__(self, cfg: LogConfig, queue: int = 10000) -> None:
+        super().__init__(cfg.name, cfg.path)
+        self.cfg = cfg
+        self._drop_reported = False
+        self._file: TextIO | None = None
+        try:
+            path = Path(cfg.path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(path, "a", encoding="utf-8")
+            self._ok()
+        except OSError as err:
+            self._fail(f"cannot open {cfg.path} for appending: {err}")
+        self.worker: Worker[str] = Worker(self._write, maxlen=queue, name=f"{cfg.name}-writer",
+                                          on_error=self._on_error, on_drop=self._on_drop)
+
+    def reject(self, event: InspectionEvent) -> None:
+        if self.wants(event, self.cfg.per_part):
+            self.worker.put(event_json(event))
+
+    def alarm(self, sink_name: str, detail: str) -> None:
+        self.worker.put(json.dumps({"alarm": detail, "sink": sink_name, "wall_time": utc_now()}))
+
+    def clear_alarm(self) -> None:
+        self.worker.put(json.dumps({"alarm_cleared": True, "wall_time": utc_now()}))
+
+    def _write(self, line: str) -> None:
+        if self._file is None:
+            raise OSError(f"{self.cfg.path} is not open")
+        self._file.write(line + "\n")
+        self._file.flush()
+        self.stats["written"] += 1
+        self._drop_reported = False
+        self._ok()
+
+    def _on_error(self, line: str, err: BaseException) -> None:
+        self.stats["failed"] += 1
+        self._fail(f"cannot write {self.cfg.path}: {err}")
+
+    def _on_drop(self, line: str) -> None:
+        self.stats["dropped"] += 1
+        if not self._drop_reported:          # one alarm until the next successful write
+            self._drop_reported = True
+            self._notify("dropped", f"log queue full: events are not being written to {self.cfg.path}")
+
+    def fire_test(self) -> str:
+        """Write one test line and wait for it; raises when it could not be written."""
+        before = self.stats["written"]
+        self.worker.put(json.dumps({"test": "edgead signals test", "wall_time": utc_now()}))
+        if not self.worker.wait_idle(2.0) or self.stats["written"] == before:
+            raise OSError(self.health().detail or f"could not write {self.cfg.path} within 2 s")
+        return f"wrote a test line to {self.cfg.path}"
+
+    def close(self) -> None:
+        self.worker.close(drain_s=2.0)
+        if self._file is not None:
+            self._file.close()
+            self._file = None

@@ -1,0 +1,50 @@
+"""`edgead signals test --config run.yaml`: one test pulse on every output, so an electrician can
+check the wiring before the line runs. Prints OK or FAILED (with the reason) per output; the exit
+code is 0 only when every output is OK.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from edgead.errors import EdgeADError
+from edgead.signals import build_sink, check_health
+from edgead.signals.config import load_outputs
+
+
+def signals_test(config_path: str | Path, out: Callable[[str], None] = print, connect_timeout_s: float = 3.0) -> int:
+    """Fire one test pulse on each output of the run config; 0 if all OK, 1 otherwise.
+
+    A bad config (unknown key, bad value) raises EdgeADError before anything is fired.
+    """
+    outputs = load_outputs(config_path)
+    if not outputs.sinks:
+        out(f"FAILED  no outputs configured in {config_path} (add an `outputs:` list)")
+        return 1
+    failed = 0
+    width = max(len(c.name) for c in outputs.sinks)
+    for i, cfg in enumerate(outputs.sinks):
+        label = f"{cfg.name:<{width}}"
+        try:
+            sink = build_sink(cfg, i)
+        except EdgeADError as err:
+            failed += 1
+            out(f"FAILED  {label}  {err.message}" + (f" ({err.hint})" if err.hint else ""))
+            continue
+        try:
+            check_health([sink], allow_degraded=True, timeout_s=connect_timeout_s, warn=lambda s: None)
+            detail = sink.fire_test()  # type: ignore[attr-defined]
+            out(f"OK      {label}  {detail}")
+        except Exception as err:
+            failed += 1
+            reason = err.message if isinstance(err, EdgeADError) else str(err) or type(err).__name__
+            out(f"FAILED  {label}  {getattr(sink, 'target', '')}: {reason}")
+        finally:
+            try:
+                sink.close()
+            except Exception as err:
+                out(f"        {label}  (close failed: {err})")
+    n = len(outputs.sinks)
+    out(f"{n} output{'s' if n != 1 else ''}: {n - failed} OK, {failed} FAILED")
+    return 0 if failed == 0 else 1

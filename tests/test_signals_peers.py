@@ -1,0 +1,450 @@
+"""Reject outputs against real peers on 127.0.0.1: pymodbus server, mosquitto, http.server, a pty.
+
+Fault injection: a peer down at start (health error), lost mid-run (alarm, outbox, recovery), slow
+(reject() still returns at once: the I/O is on the sink's own thread).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+from signals_fixtures import (LOOPBACK, FakeLines, Subscriber, event, free_port, http_peer,  # noqa: F401
+                              modbus_server, mosquitto, pty_peer, wait_for)
+
+from edgead.errors import EdgeADError
+from edgead.signals import SinkGroup, build_sink, build_sinks, check_health
+from edgead.signals.config import parse_sink
+from edgead.signals.test_pulse import signals_test
+
+
+def modbus_sink(port, **kw):
+    return build_sink({"type": "modbus", "host": LOOPBACK, "port": port, "coil": 12, "reconnect_min_ms": 50,
+                       "reconnect_max_ms": 200, **kw})
+
+
+def mqtt_sink(port, **kw):
+    return build_sink({"type": "mqtt", "host": LOOPBACK, "port": port, "line": "l1", "client_id": "edgead-under-test",
+                       "reconnect_min_ms": 50, "reconnect_max_ms": 200, **kw})
+
+
+class Alarms:
+    def __init__(self):
+        self.got = []
+
+    def __call__(self, name, detail):
+        self.got.append((name, detail))
+
+
+# ---------------------------------------------------------------- Modbus TCP
+
+
+def test_modbus_coil_pulse_is_delayed_from_capture_and_lasts_pulse_ms(modbus_server):
+    sink = modbus_sink(modbus_server.port, delay_ms=60, pulse_ms=40)
+    try:
+        assert check_health([sink]) == []
+        t0 = time.monotonic()
+        sink.reject(event(1, t0))
+        sink.reject(event(2, t0, decision="pass"))
+        assert wait_for(lambda: len(modbus_server.writes) >= 2, 3)
+        (t_on, kind, addr, on), (t_off, _, _, off) = modbus_server.writes[:2]
+        assert (kind, addr, on, off) == ("coil", 12, 1, 0)
+        assert 0.06 <= t_on - t0 < 0.06 + 0.05
+        assert 0.035 <= t_off - t_on < 0.04 + 0.05     # the off edge is on schedule; the on write may land a little late
+    finally:
+        sink.close()
+
+
+def test_modbus_register_set_mode_and_heartbeat(modbus_server):
+    sink = build_sink({"type": "modbus", "host": LOOPBACK, "port": modbus_server.port, "register": 40, "value": 7,
+                       "mode": "set", "heartbeat_register": 41, "heartbeat_ms": 50})
+    try:
+        sink.reject(event(1))
+        sink.reject(event(2, time.monotonic() + 0.01))
+        assert wait_for(lambda: len([w for w in modbus_server.writes if w[2] == 40]) == 2, 3)
+        time.sleep(0.05)
+        assert [w[3] for w in modbus_server.writes if w[2] == 40] == [7, 7]        # set only, no reset
+        assert wait_for(lambda: len([w for w in modbus_server.writes if w[2] == 41]) >= 3, 3)
+        beats = [w[3] for w in modbus_server.writes if w[2] == 41]
+        assert beats[:3] == [1, 2, 3]
+    finally:
+        sink.close()
+
+
+def test_modbus_down_at_start_is_a_health_error_naming_the_output():
+    sink = modbus_sink(free_port())
+    try:
+        with pytest.raises(EdgeADError) as err:
+            check_health([sink], timeout_s=0.2)
+        assert "output 'modbus' is unreachable: cannot connect to 127.0.0.1:" in err.value.message
+        assert "--allow-degraded" in err.value.hint
+        warned = []
+        down = check_health([sink], allow_degraded=True, timeout_s=0, warn=warned.append)
+        assert down[0][0] == "modbus" and "running degraded" in warned[0]
+    finally:
+        sink.close()
+
+
+def test_modbus_lost_mid_run_raises_the_alarm_and_recovers(modbus_server, tmp_path):
+    lines = FakeLines()
+    from edgead.signals.gpio import GpioSink
+
+    sink = modbus_sink(modbus_server.port, pulse_ms=10, heartbeat_ms=50)
+    pins = GpioSink(parse_sink({"type": "gpio", "pin": 5, "alarm_pin": 6, "late_ms": 200}), backend=lines)
+    log = build_sink({"type": "log", "path": str(tmp_path / "events.jsonl")})
+    alarms = Alarms()
+    group = SinkGroup([sink, pins, log], on_sink_failure="alarm", on_alarm=alarms)
+    try:
+        modbus_server.stop()                              # the PLC goes away mid-run
+        assert wait_for(lambda: alarms.got, 3), "no alarm for a lost PLC"
+        assert alarms.got[0][0] == "modbus" and "127.0.0.1" in alarms.got[0][1]
+        assert lines.level[6] is True                     # alarm pin latched
+        assert not group.should_stop                      # policy alarm: keep inspecting
+        group.reject(event(1))                            # the other outputs still get it
+        assert wait_for(lambda: lines.edges(5), 2)
+        modbus_server.start()
+        assert wait_for(lambda: sink.health().ok, 5), sink.health().detail
+        group.reject(event(2))
+        assert wait_for(lambda: any(w[3] == 1 for w in modbus_server.writes), 3)
+    finally:
+        group.close()
+    logged = [json.loads(x) for x in (tmp_path / "events.jsonl").read_text().splitlines()]
+    assert any(rec.get("sink") == "modbus" and "alarm" in rec for rec in logged)
+
+
+def test_modbus_register_encoder_delays_in_belt_counts(modbus_server):
+    """The delay follows the PLC's encoder counter: nothing fires while the belt stands still."""
+    modbus_server.set_register(30, 1000)
+    lines = FakeLines()
+    from edgead.signals.gpio import GpioSink
+
+    cfg = parse_sink({"type": "gpio", "pin": 5, "encoder": {
+        "source": "modbus", "host": LOOPBACK, "port": modbus_server.port, "register": 30, "poll_ms": 2,
+        "delay_counts": 200, "pulse_counts": 50, "late_counts": 30}})
+    sink = GpioSink(cfg, backend=lines)
+    try:
+        assert sink.health().ok, sink.health().detail
+        time.sleep(0.03)
+        sink.reject(event(1))                              # captured at count 1000
+        for count in (1100, 1199):
+            modbus_server.set_register(30, count)
+            time.sleep(0.06)
+            assert lines.edges(5) == [], f"fired early at count {count}"
+        modbus_server.set_register(30, 1210)
+        assert wait_for(lambda: len(lines.edges(5)) == 1, 2)
+        modbus_server.set_register(30, 1240)
+        time.sleep(0.06)
+        assert len(lines.edges(5)) == 1
+        modbus_server.set_register(30, 1265)                # on at 1210: full 50 counts -> off at 1260
+        assert wait_for(lambda: len(lines.edges(5)) == 2, 2)
+        assert [a for _, a in lines.edges(5)] == [True, False]
+    finally:
+        sink.close()
+
+
+# ---------------------------------------------------------------- MQTT (mosquitto)
+
+
+def test_mqtt_publishes_events_and_status(mosquitto):
+    sub = Subscriber(mosquitto.port, ["edgead/l1/#"])
+    sink = mqtt_sink(mosquitto.port, per_part=True, topic="edgead/{line}/{decision}")
+    try:
+        assert check_health([sink], timeout_s=5) == []
+        sink.reject(event(1, decision="pass", score=0.1))
+        sink.reject(event(2, score=float("nan")))
+        assert wait_for(lambda: len(sub.payloads("edgead/l1/reject")) == 1 and sub.payloads("edgead/l1/pass"), 5)
+        rej = sub.events("edgead/l1/reject")[0]
+        assert rej["seq"] == 2 and rej["line"] == "l1" and rej["score"] is None and rej["decision"] == "reject"
+        assert wait_for(lambda: sub.payloads("edgead/l1/status"), 2)[-1] == b"online"
+    finally:
+        sink.close()
+    assert wait_for(lambda: sub.payloads("edgead/l1/status")[-1] == b"offline", 2)
+    sub.close()
+
+
+def test_mqtt_last_will_says_offline_when_edgead_dies(mosquitto):
+    code = textwrap.dedent(f"""
+        import os, time
+        from edgead.signals import build_sink
+        s = build_sink({{"type": "mqtt", "host": "{LOOPBACK}", "port": {mosquitto.port}, "line": "lw",
+                         "client_id": "edgead-dies", "keepalive_s": 5}})
+        for _ in range(500):
+            if s.health().ok:
+                break
+            time.sleep(0.01)
+        print(s.health().ok, flush=True)
+        os._exit(0)                      # no clean disconnect: the broker must publish the will
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert out.stdout.strip() == "True", out.stderr
+    sub = Subscriber(mosquitto.port, ["edgead/lw/status"], client_id="edgead-test-sub-lw")
+    assert wait_for(lambda: sub.payloads("edgead/lw/status"), 3) == [b"offline"]   # retained
+    sub.close()
+
+
+def test_mqtt_broker_restart_mid_run_loses_no_event_and_keeps_order(mosquitto):
+    sub = Subscriber(mosquitto.port, ["edgead/l1/events"])
+    alarms = Alarms()
+    sink = mqtt_sink(mosquitto.port, outbox=100)
+    group = SinkGroup([sink], on_alarm=alarms)
+    try:
+        assert check_health([sink], timeout_s=5) == []
+        for i in range(20):
+            group.reject(event(i))
+        mosquitto.stop()
+        assert wait_for(lambda: alarms.got, 3), "no alarm when the broker went away"
+        assert "lost the broker" in alarms.got[0][1]
+        for i in range(20, 60):                       # while the broker is down: into the outbox
+            group.reject(event(i))
+            time.sleep(0.002)
+        mosquitto.start()
+        assert wait_for(lambda: len({e["seq"] for e in sub.events("edgead/l1/events")}) == 60, 15), \
+            sorted({e["seq"] for e in sub.events("edgead/l1/events")})
+        seqs = [e["seq"] for e in sub.events("edgead/l1/events")]
+        first_seen = list(dict.fromkeys(seqs))        # at-least-once: a duplicate may follow a reconnect
+        assert first_seen == list(range(60))
+        assert sink.health().ok and sink.stats["dropped"] == 0
+    finally:
+        group.close()
+        sub.close()
+
+
+def test_mqtt_down_at_start_fills_a_bounded_outbox_then_flushes_the_newest(mosquitto):
+    mosquitto.stop()
+    alarms = Alarms()
+    sink = mqtt_sink(mosquitto.port, outbox=5)
+    group = SinkGroup([sink], on_alarm=alarms)
+    try:
+        with pytest.raises(EdgeADError, match=f"output 'mqtt' is unreachable: cannot connect to broker 127.0.0.1:{mosquitto.port}"):
+            check_health([sink], timeout_s=1)
+        for i in range(8):
+            group.reject(event(i))
+        assert wait_for(lambda: sink.stats["dropped"] >= 2, 2)
+        assert any("outbox full" in d for _, d in alarms.got)
+        mosquitto.start()
+        sub = Subscriber(mosquitto.port, ["edgead/l1/events"])
+        got = wait_for(lambda: [e["seq"] for e in sub.events("edgead/l1/events")][-5:] == [3, 4, 5, 6, 7]
+                       and sub.events("edgead/l1/events"), 10)
+        assert got, sub.events("edgead/l1/events")
+        sub.close()
+    finally:
+        group.close()
+
+
+# ---------------------------------------------------------------- webhook (http.server)
+
+
+def test_webhook_posts_json_with_bearer_token(http_peer, monkeypatch):
+    monkeypatch.setenv("EDGEAD_TEST_TOKEN", "s3cret")
+    sink = build_sink({"type": "webhook", "url": http_peer.url, "token_env": "EDGEAD_TEST_TOKEN"})
+    try:
+        assert check_health([sink]) == []
+        sink.reject(event(5))
+        sink.reject(event(6, decision="pass"))
+        assert wait_for(lambda: http_peer.received, 3)
+        time.sleep(0.05)
+        (_, body, headers), = http_peer.received
+        assert body["seq"] == 5 and headers["Authorization"] == "Bearer s3cret"
+        assert headers["Content-Type"] == "application/json"
+    finally:
+        sink.close()
+
+
+def test_webhook_retries_a_server_that_fails_twice(http_peer):
+    http_peer.fail_first = 2
+    sink = build_sink({"type": "webhook", "url": http_peer.url, "backoff_ms": 20, "retries": 3})
+    try:
+        sink.reject(event(1))
+        sink.reject(event(2))
+        assert wait_for(lambda: len(http_peer.received) == 2, 3)
+        assert [b["seq"] for _, b, _ in http_peer.received] == [1, 2]
+        assert http_peer.attempts == 4 and sink.stats["retries"] == 2 and sink.health().ok
+    finally:
+        sink.close()
+
+
+def test_webhook_down_peer_gives_up_after_retries_with_an_alarm():
+    url = f"http://{LOOPBACK}:{free_port()}/hook"
+    alarms = Alarms()
+    sink = build_sink({"type": "webhook", "url": url, "backoff_ms": 10, "retries": 2, "timeout_ms": 300})
+    group = SinkGroup([sink], on_sink_failure="stop", on_alarm=alarms)
+    try:
+        with pytest.raises(EdgeADError, match="output 'webhook' is unreachable: cannot connect to 127.0.0.1"):
+            check_health([sink], timeout_s=0)
+        group.reject(event(1))
+        assert wait_for(lambda: sink.stats["failed"] == 1, 3)
+        assert sink.stats["retries"] == 2 and group.should_stop
+        assert alarms.got and "after 3 attempts" in alarms.got[-1][1]
+    finally:
+        group.close()
+
+
+def test_webhook_client_errors_are_not_retried(http_peer):
+    http_peer.fail_first, http_peer.fail_status = 1, 401
+    sink = build_sink({"type": "webhook", "url": http_peer.url, "backoff_ms": 10})
+    try:
+        sink.reject(event(1))
+        assert wait_for(lambda: sink.stats["failed"] == 1, 3)
+        assert http_peer.attempts == 1 and "HTTP 401" in sink.health().detail
+    finally:
+        sink.close()
+
+
+# ---------------------------------------------------------------- serial (pty) and log
+
+
+def test_serial_sends_the_template_line_after_the_delay(pty_peer):
+    sink = build_sink({"type": "serial", "port": pty_peer.path, "baudrate": 115200, "delay_ms": 30,
+                       "pulse_ms": 20, "template": "REJECT {seq}\n", "end_template": "END {seq}\n"})
+    try:
+        assert sink.health().ok, sink.health().detail
+        t0 = time.monotonic()
+        sink.reject(event(41, t0))
+        sink.reject(event(42, t0 + 0.1))
+        sink.reject(event(43, t0, decision="pass"))
+        got = pty_peer.read_lines(4, timeout=3)
+        assert [text for _, text in got] == ["REJECT 41", "END 41", "REJECT 42", "END 42"]
+        assert got[0][0] - t0 >= 0.03 and got[1][0] - t0 >= 0.03 + 0.02
+    finally:
+        sink.close()
+
+
+def test_serial_port_missing_is_unhealthy():
+    sink = build_sink({"type": "serial", "port": "/dev/edgead-no-such-tty"})
+    try:
+        assert not sink.health().ok and "cannot open /dev/edgead-no-such-tty" in sink.health().detail
+    finally:
+        sink.close()
+
+
+def test_log_writes_one_json_object_per_event(tmp_path):
+    path = tmp_path / "run" / "rejects.jsonl"
+    sinks = build_sinks([{"type": "log", "path": str(path), "per_part": False},
+                         {"type": "log", "path": str(tmp_path / "all.jsonl")}])
+    for i, decision in enumerate(["pass", "reject", "safe_reject", "pass"]):
+        for s in sinks:
+            s.reject(event(i, decision=decision, reason="deadline" if decision == "safe_reject" else ""))
+    for s in sinks:
+        s.close()
+    rejects = [json.loads(x) for x in path.read_text().splitlines()]
+    assert [(r["seq"], r["decision"]) for r in rejects] == [(1, "reject"), (2, "safe_reject")]
+    assert len((tmp_path / "all.jsonl").read_text().splitlines()) == 4
+
+
+# ---------------------------------------------------------------- SinkGroup and slow peers
+
+
+class Exploding:
+    name = "broken"
+
+    def reject(self, event):
+        raise RuntimeError("driver crashed")
+
+    def health(self):
+        from edgead.protocols import SinkHealth
+
+        return SinkHealth(True)
+
+    def close(self):
+        pass
+
+
+def test_group_isolates_a_raising_sink_counts_it_and_stops_when_told(tmp_path):
+    alarms = Alarms()
+    log = build_sink({"type": "log", "path": str(tmp_path / "e.jsonl")})
+    group = SinkGroup([Exploding(), log], on_sink_failure="stop", on_alarm=alarms)
+    group.reject(event(1))
+    group.reject(event(2))
+    group.close()
+    assert group.failures["broken"] == 2 and group.should_stop
+    assert alarms.got[0] == ("broken", "reject() raised RuntimeError: driver crashed")
+    events = [json.loads(x) for x in (tmp_path / "e.jsonl").read_text().splitlines() if '"seq"' in x]
+    assert [e["seq"] for e in events] == [1, 2]
+    group.reset_alarm()
+    assert not group.should_stop
+
+
+def test_reject_never_blocks_on_a_slow_or_absent_peer(http_peer, modbus_server, mosquitto, pty_peer, tmp_path):
+    """Every sink type: reject() returns in well under a few ms while the peer is slow or gone."""
+    http_peer.delay_s = 0.5
+    mosquitto.stop()
+    modbus_server.stop()
+    sinks = [
+        build_sink({"type": "webhook", "url": http_peer.url}),
+        mqtt_sink(mosquitto.port),
+        modbus_sink(modbus_server.port),
+        build_sink({"type": "serial", "port": pty_peer.path}),
+        build_sink({"type": "log", "path": str(tmp_path / "x.jsonl")}),
+    ]
+    try:
+        for sink in sinks:
+            took = []
+            for i in range(30):
+                t = time.perf_counter()
+                sink.reject(event(i))
+                took.append(time.perf_counter() - t)
+            took.sort()
+            # Blocking on the peer would take >= 500 ms (slow) or a connect timeout (absent); the
+            # margins only absorb CPU contention (the test machine is shared).
+            assert took[len(took) // 2] < 0.001 and took[-4] < 0.003 and took[-1] < 0.05, \
+                f"{sink.name}: reject() took {[round(x * 1000, 2) for x in took[-4:]]} ms"
+    finally:
+        t = time.monotonic()
+        for sink in sinks:
+            sink.close()
+        assert time.monotonic() - t < 12
+
+
+# ---------------------------------------------------------------- edgead signals test
+
+
+def test_signals_test_reports_each_output(modbus_server, http_peer, pty_peer, tmp_path):
+    dead = free_port()
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(textwrap.dedent(f"""
+        outputs:
+          - type: modbus
+            host: {LOOPBACK}
+            port: {modbus_server.port}
+            coil: 3
+            pulse_ms: 20
+          - type: webhook
+            url: {http_peer.url}
+          - type: serial
+            port: {pty_peer.path}
+          - type: log
+            path: {tmp_path / 'log.jsonl'}
+          - type: webhook
+            name: mes
+            url: http://{LOOPBACK}:{dead}/hook
+    """))
+    lines: list[str] = []
+    assert signals_test(cfg, out=lines.append, connect_timeout_s=0.3) == 1
+    assert lines[0].startswith("OK      modbus ") and "pulsed" in lines[0]
+    assert lines[1].startswith("OK      webhook") and "HTTP 200" in lines[1]
+    assert lines[2].startswith("OK      serial ") and pty_peer.read_lines(1)[0][1] == "REJECT 0"
+    assert lines[3].startswith("OK      log    ")
+    assert lines[4].startswith("FAILED  mes    ") and f"127.0.0.1:{dead}" in lines[4]
+    assert lines[5] == "5 outputs: 4 OK, 1 FAILED"
+    assert [w[3] for w in modbus_server.writes] == [1, 0]
+    assert http_peer.received[0][1]["decision"] == "test"
+
+    ok = tmp_path / "ok.yaml"
+    ok.write_text(f"outputs:\n  - type: log\n    path: {tmp_path / 'ok.jsonl'}\n")
+    assert signals_test(ok, out=lines.append) == 0
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("outputs:\n  - type: log\n    pth: x\n")
+    with pytest.raises(EdgeADError, match="unknown key 'pth'"):
+        signals_test(bad, out=lines.append)
+
+
+def test_signals_test_mqtt(mosquitto, tmp_path):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(f"outputs:\n  - type: mqtt\n    host: {LOOPBACK}\n    port: {mosquitto.port}\n")
+    lines: list[str] = []
+    assert signals_test(cfg, out=lines.append) == 0
+    assert lines[0].startswith("OK      mqtt") and "edgead/line1/events" in lines[0]
