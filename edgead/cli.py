@@ -111,6 +111,30 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from edgead.calibrate import EXIT_DRIFT, calibrate, check_drift
+
+    if args.check:
+        given = [f"--{k}" for k, v in (("defects", args.defects), ("target-frr", args.target_frr),
+                                       ("method", args.method), ("out", args.out),
+                                       ("min-defect-area", args.min_defect_area), ("mm-per-px", args.mm_per_px))
+                 if v is not None]
+        if given:
+            raise EdgeADError(f"{given[0]} cannot be used with --check",
+                              "--check re-scores good parts against an existing record; drop that option")
+        report = check_drift(args.check, args.good, engine=args.engine, backend=args.backend,
+                             precision=args.precision, skip_bad=args.skip_bad, force=args.force)
+        return EXIT_DRIFT if report["drift"] else 0
+    if not args.engine:
+        raise EdgeADError("calibrate needs --engine engines/NAME", "see `edgead calibrate --help`")
+    if args.force:
+        raise EdgeADError("--force only applies to --check", "drop --force")
+    calibrate(args.engine, args.good, args.defects, 0.001 if args.target_frr is None else args.target_frr,
+              args.method or "auto", args.out, args.backend or "auto", args.precision, args.skip_bad,
+              args.min_defect_area, args.mm_per_px)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edgead", description="Anomaly detection for factory cameras: "
                                      "train on good parts, inspect every part in milliseconds.")
@@ -172,6 +196,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-torch", action="store_true", help="skip the Torch reference backend")
     p.add_argument("--out", help="write the results as JSON here")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("calibrate", help="choose the reject threshold from good-part scores; --check tests for drift",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="exit codes: 0 calibrated / no drift, 2 user error (message on stderr), "
+                              "3 drift detected by --check")
+    p.add_argument("--engine", help="engine folder (with --check: default the record's engine)")
+    p.add_argument("--good", required=True, help="good images (prefer held-out ones), or an MVTec root (train/good)")
+    p.add_argument("--defects", help="defective images, or an MVTec root (all test/<type != good>): escape rate, "
+                                     "F1-optimal threshold and the trade-off table")
+    p.add_argument("--target-frr", type=float, help="target false-reject rate of good parts (default 0.001)")
+    p.add_argument("--method", choices=["auto", "quantile", "evt"],
+                   help="auto (default): quantile with >= 10/target good images, else EVT tail fit")
+    p.add_argument("--out", help="record to write (default: calibration/<engine folder name>.yaml)")
+    p.add_argument("--backend", choices=["auto", "onnxruntime", "tensorrt"])
+    p.add_argument("--precision", choices=["fp16", "fp32"])
+    p.add_argument("--skip-bad", action="store_true", help="skip and count unreadable images instead of stopping")
+    p.add_argument("--min-defect-area", type=float, metavar="N", help="area rule: reject only when at least N "
+                   "source-image pixels (mm^2 with --mm-per-px) of the anomaly map exceed a calibrated pixel threshold")
+    p.add_argument("--mm-per-px", type=float, metavar="X", help="size of one source-image pixel in mm")
+    p.add_argument("--check", metavar="RECORD", help="drift check: re-score --good against this record; exit 3 on drift")
+    p.add_argument("--force", action="store_true", help="--check with a record from another engine (unsafe)")
+    p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("demo", help="the whole story on a synthetic product, no camera or GPU needed")
     p.add_argument("--out", default="demo-out", help="working folder (default: demo-out)")
