@@ -14,7 +14,8 @@ import numpy as np
 
 from edgead.errors import EdgeADError
 
-PREFERRED_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
+PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 
 
 def _import_ort() -> Any:
@@ -69,7 +70,7 @@ class OrtDetector:
         except Exception as exc:  # ORT raises its own exception types for unloadable graphs
             raise EdgeADError(f"ONNX Runtime could not load the engine in {engine_dir}: {exc}".splitlines()[0],
                               "rebuild with `edgead build-engine`") from exc
-        self.on_gpu = self.providers[0] == "CUDAExecutionProvider"
+        self.on_gpu = self.providers[0] in GPU_PROVIDERS
 
     def _check(self, batch: np.ndarray) -> np.ndarray:
         if batch.ndim != 4 or tuple(batch.shape[1:]) != self.input_shape:
@@ -85,7 +86,7 @@ class OrtDetector:
         return score, amap
 
     def _run_bound(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """CUDA provider: the features stay on the GPU between the two sessions."""
+        """CUDA/TensorRT provider: the features stay on the GPU between the two sessions."""
         ort = _import_ort()
         image = ort.OrtValue.ortvalue_from_numpy(batch, "cuda", 0)
         tb = self.teacher.io_binding()
