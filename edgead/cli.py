@@ -135,6 +135,31 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from edgead.run import run
+    from edgead.runtime.config import load_run_config
+
+    over: dict = {k: v for k, v in (("engine", args.engine), ("calibration", args.calibration),
+                                    ("backend", args.backend), ("precision", args.precision),
+                                    ("deadline_ms", args.deadline_ms), ("max_frames", args.max_frames)) if v is not None}
+    if args.camera is not None:
+        over["camera"] = {"source": args.camera}
+    if args.trigger:
+        over.update(trigger=True, every_nth=None)
+    if args.every_nth is not None:
+        over.update(trigger=None, every_nth=args.every_nth)
+    if args.roi:
+        over["roi"] = list(args.roi)
+    if args.record:
+        over["record"] = {"dir": args.record}
+    if args.http:
+        over["http"] = {"listen": args.http}
+    if args.allow_degraded:
+        over["allow_degraded"] = True
+    summary = run(load_run_config(args.config, over), force=args.force)
+    return int(summary["exit_code"])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edgead", description="Anomaly detection for factory cameras: "
                                      "train on good parts, inspect every part in milliseconds.")
@@ -218,6 +243,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check", metavar="RECORD", help="drift check: re-score --good against this record; exit 3 on drift")
     p.add_argument("--force", action="store_true", help="--check with a record from another engine (unsafe)")
     p.set_defaults(func=cmd_calibrate)
+
+    p = sub.add_parser("run", help="inspect parts from a camera: reject above the calibrated threshold, fail safe",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="a part not decided within --deadline-ms (engine error, slow engine, lost frame) gets "
+                              "the safe action: reject + alarm.\nexit codes: 0 stopped normally (end of source, "
+                              "--max-frames, SIGINT/SIGTERM), 2 start-up or fatal error (message on stderr), "
+                              "3 stopped by safe_action: stop or on_sink_failure: stop")
+    p.add_argument("--engine", help="engine folder (engines/NAME)")
+    p.add_argument("--calibration", help="calibration record of that engine (calibration/NAME.yaml)")
+    p.add_argument("--camera", help="0 | video file | URL | gst:PIPELINE | image folder | gige:ID | genicam:CTI[:SERIAL]")
+    p.add_argument("--config", help="run YAML (every key documented in edgead/runtime/config.py); flags override it")
+    p.add_argument("--deadline-ms", type=float, help="per-part deadline from capture to decision (default 200)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--trigger", action="store_true", help="each frame is one part (the default)")
+    mode.add_argument("--every-nth", type=int, metavar="N", help="free-running camera: inspect every Nth frame")
+    p.add_argument("--roi", type=int, nargs=4, metavar=("X", "Y", "W", "H"),
+                   help="must equal the engine's ROI; a same-size shift is allowed with a warning")
+    p.add_argument("--record", metavar="DIR", help="write the event log and reject images under DIR/<start time>/")
+    p.add_argument("--http", metavar="[HOST:]PORT", help="live view, /health and /metrics (a bare port binds 127.0.0.1)")
+    p.add_argument("--max-frames", type=int, help="stop after this many frames")
+    p.add_argument("--force", action="store_true", help="use a calibration made with another engine (unsafe, warned)")
+    p.add_argument("--allow-degraded", action="store_true", help="start even when an output is unreachable")
+    p.add_argument("--backend", choices=["auto", "tensorrt", "onnxruntime"])
+    p.add_argument("--precision", choices=["fp16", "fp32"])
+    p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("demo", help="the whole story on a synthetic product, no camera or GPU needed")
     p.add_argument("--out", default="demo-out", help="working folder (default: demo-out)")

@@ -1,0 +1,309 @@
+"""`edgead run`: inspect parts on the line until stopped; a summary at exit.
+
+Startup checks, each a clear EdgeADError before the first part (CLI exit code 2): the engine loads
+and its files match the manifest; the calibration was made with this engine (fingerprint); the ROI
+is the engine's (see check_roi); the reject outputs are healthy (unless allow_degraded); the camera
+opens; the HTTP port is free. Then the loop (edgead.runtime.loop) runs until the source ends,
+--max-frames, SIGINT/SIGTERM, or a fault that stops it (a replay that cannot be read,
+`safe_action: stop`, `on_sink_failure: stop`). A live camera is wrapped in ReconnectingSource: while it
+is away the loop raises an alarm and keeps waiting for it. Shutdown finishes the parts in flight, flushes the
+event log, releases the camera and prints the summary.
+
+Edge path (ARCHITECTURE.md rule 2): numpy, OpenCV, PyYAML and a backend; never torch.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import signal
+import sys
+import threading
+from dataclasses import replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from edgead import __version__
+from edgead.errors import EdgeADError
+from edgead.preprocess import PreprocessSpec
+from edgead.protocols import FrameSource
+from edgead.runtime.config import RunConfig, parse_listen
+from edgead.runtime.loop import Loop, LoopOptions
+from edgead.runtime.metrics import RunMetrics
+
+EXIT_OK = 0
+EXIT_FAULT_STOP = 3   # the run ended itself because of a fault (safe_action: stop, on_sink_failure: stop)
+
+Log = Callable[[str], None]
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def check_roi(engine_spec: PreprocessSpec, roi: tuple[int, int, int, int] | None) -> tuple[PreprocessSpec, str | None]:
+    """The ROI rule: the crop is part of the engine's preprocessing, so the calibration holds only for it.
+
+    - no run-time ROI, or the engine's own: the engine's preprocessing, unchanged;
+    - the same width and height at another x, y (the camera or fixture moved): allowed with a loud
+      WARNING, since the model still sees the same number of pixels per part;
+    - anything else (another size, or a crop of an engine trained on the whole frame): refused, as the
+      scores would be on another scale than the threshold. Rebuild the model with that ROI.
+    """
+    if roi is None or tuple(roi) == engine_spec.roi:
+        return engine_spec, None
+    if engine_spec.roi is None:
+        raise EdgeADError(f"--roi {' '.join(map(str, roi))} crops frames that the engine sees whole: its calibration "
+                          "does not hold for a crop",
+                          "leave --roi out, or train the model with this roi (preprocess.roi) and rebuild the engine")
+    x, y, w, h = engine_spec.roi
+    if tuple(roi[2:]) != (w, h):
+        raise EdgeADError(f"--roi size {roi[2]}x{roi[3]} differs from the engine's ROI {w}x{h} (at {x},{y}): the model "
+                          "would see the part at another scale than it was calibrated on",
+                          f"keep the size {w}x{h} (shifting x, y is allowed), or train and rebuild with the new ROI")
+    return replace(engine_spec, roi=(int(roi[0]), int(roi[1]), int(roi[2]), int(roi[3]))), (
+        f"WARNING: the ROI is moved from x={x} y={y} to x={roi[0]} y={roi[1]} (size {w}x{h} kept): the engine was "
+        "calibrated on the old position; the false-reject and escape rates only hold if the part moved in the "
+        "image by exactly this much. Check with `edgead calibrate --check` on frames cropped this way.")
+
+
+def heat_range(calibration: dict[str, Any]) -> tuple[float, float]:
+    """Fixed heatmap colour scale: a typical good part's peak at the bottom, the threshold near the top (red)."""
+    area = calibration.get("area")
+    t = float(area["pixel_threshold"] if area else calibration["threshold"])
+    stats = (calibration.get("good") or {}).get("area_scores" if area else "scores") or {}
+    lo = float(stats.get("p50", t - 1.0))
+    lo = min(lo, t - 1e-6)
+    return lo, t + 0.25 * (t - lo)
+
+
+def _is_replay(source: str) -> bool:
+    return Path(source).exists()
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _engine_spec(engine: str | Path) -> PreprocessSpec:
+    from edgead.backends.manifest import read_manifest
+
+    return PreprocessSpec.from_dict(read_manifest(Path(engine))["preprocess"])
+
+
+def _build_source(cfg: RunConfig) -> FrameSource:
+    """The camera, not yet opened; a live one wrapped so that unplugging it is survived."""
+    from edgead.capture import ReconnectingSource, open_source
+
+    assert cfg.camera.source is not None
+    source = open_source(cfg.camera.source, cfg.camera.settings or None, connect=False)
+    if getattr(source, "live", True) is not False and not _is_replay(cfg.camera.source):
+        source = ReconnectingSource(source)
+    return source
+
+
+def _open_outputs(cfg: RunConfig, alarm: Callable[[str, str], None], log: Log) -> Any:
+    if not cfg.outputs:
+        log("WARNING: no outputs configured: rejects are logged and counted but signal nothing")
+        return None
+    from edgead.signals import SinkGroup, build_sinks, check_health
+
+    sinks = build_sinks(cfg.outputs)
+    try:
+        check_health(sinks, cfg.allow_degraded, warn=log)
+    except BaseException:
+        for s in sinks:
+            s.close()
+        raise
+    return SinkGroup(sinks, on_sink_failure=cfg.on_sink_failure, on_alarm=alarm)
+
+
+def _alarm_outputs(sinks: Any) -> Callable[[str], None]:
+    """The loop's own alarms (safe actions, camera lost) also drive the outputs' alarm lines."""
+    def alarm(reason: str) -> None:
+        for sink in getattr(sinks, "sinks", []):
+            fn = getattr(sink, "alarm", None)
+            if fn is not None:
+                try:
+                    fn("edgead", reason)
+                except Exception:  # an alarm output failing is itself reported by the group
+                    pass
+    return alarm
+
+
+def format_summary(s: dict[str, Any]) -> str:
+    reasons = ", ".join(f"{k} {v}" for k, v in s["safe_actions_by_reason"].items())
+    lat = s["latency_ms"]
+    lines = [f"edgead run: {s['frames']} frames, {s['parts']} parts: {s['passes']} passed, {s['rejects']} rejected, "
+             f"{s['safe_actions']} safe actions{f' ({reasons})' if reasons else ''}",
+             f"  latency capture->decision p50 {lat['p50']} ms, p99 {lat['p99']} ms; {s['parts_per_s']} parts/s "
+             f"over {s['elapsed_s']} s",
+             f"  camera: {s['reconnects']} reconnects, {s['camera_errors']} errors, {s['frames_lost']} frames lost; "
+             f"alarms {s['alarms']}; stopped by {s['stopped_by']}"]
+    if s.get("frames_skipped"):
+        lines.append("  frames not inspected (free-running): "
+                     + ", ".join(f"{k} {v}" for k, v in s["frames_skipped"].items()))
+    if any(s.get("records_dropped", {}).values()):
+        lines.append("  records dropped (disk too slow): "
+                     + ", ".join(f"{k} {v}" for k, v in s["records_dropped"].items()))
+    if s.get("record_dir"):
+        lines.append(f"  records: {s['record_dir']}")
+    return "\n".join(lines)
+
+
+class _Signals:
+    """SIGINT/SIGTERM ask the loop to stop (parts in flight are finished); restored afterwards."""
+
+    def __init__(self, stop: Callable[[str], None], log: Log) -> None:
+        self.stop, self.log = stop, log
+        self.old: dict[int, Any] = {}
+        self.stopping = False
+
+    def __enter__(self) -> "_Signals":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        name = signal.Signals(signum).name
+        if self.stopping and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: the user will not wait for the shutdown
+        self.stopping = True
+        self.log(f"{name}: stopping after the parts in flight (Ctrl-C again to abandon them)")
+        self.stop(f"signal {name}")
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, old in self.old.items():
+            signal.signal(sig, old)
+
+
+def run(cfg: RunConfig, *, force: bool = False, detector: Any = None, source: FrameSource | None = None,
+        sinks: Any = None, out: Log = print, log: Log = _stderr) -> dict[str, Any]:
+    """Run the inspection loop to its end; returns the summary (with "exit_code").
+
+    detector / source / sinks replace what the config would open (tests, embedding); a fatal fault
+    (camera lost, preprocessing impossible) is raised as EdgeADError after the summary is printed.
+    """
+    from edgead.calibrate import decide, load_calibration
+
+    cfg.require()
+    closers: list[Callable[[], None]] = []
+    metrics = RunMetrics()
+    warnings: list[str] = []
+    loop: Loop | None = None
+    try:
+        if detector is None:
+            from edgead.backends import load_detector
+
+            detector = load_detector(cfg.engine, cfg.backend, cfg.precision)  # type: ignore[arg-type]
+        calibration = load_calibration(cfg.calibration, detector, force)  # type: ignore[arg-type]
+        if calibration.get("forced"):
+            warnings.append("calibration from another engine used because of --force")
+        spec, roi_warning = check_roi(_engine_spec(cfg.engine), cfg.roi)  # type: ignore[arg-type]
+        if roi_warning:
+            log(roi_warning)
+            warnings.append(roi_warning)
+        max_batch = cfg.max_batch or int(detector.max_batch)
+        if max_batch > int(detector.max_batch):
+            raise EdgeADError(f"max_batch {max_batch} exceeds the engine's maximum batch {detector.max_batch}",
+                              "lower max_batch, or rebuild the engine with `edgead build-engine --max-batch N`")
+        alarm_box: list[Callable[..., None]] = []
+
+        def output_alarm(name: str, detail: str) -> None:
+            reason = f"output {name}: {detail}"
+            alarm_box[0](reason, key="output_failure") if alarm_box else log(f"ALARM: {reason}")
+
+        if sinks is None:
+            sinks = _open_outputs(cfg, output_alarm, log)
+        if sinks is not None and hasattr(sinks, "close"):
+            closers.append(sinks.close)
+        if source is None:
+            source = _build_source(cfg)
+        source.open()
+        closers.append(source.close)
+        vrange = heat_range(calibration)
+        recorder = None
+        if cfg.record.dir:
+            from edgead.runtime.recorder import Recorder
+
+            recorder = Recorder(cfg.record, spec, vrange, metrics, log)
+            closers.append(lambda: recorder.close({"summary": None, "error": "the run did not start or end cleanly"}))
+        live = http = None
+        if cfg.http.listen:
+            from edgead.runtime.http import HttpView, LiveView
+
+            host, port = parse_listen(cfg.http.listen)
+            if not _is_loopback(host):
+                log(f"WARNING: the live view and metrics are served on {host}:{port}, reachable from other "
+                    "machines (no authentication); use 127.0.0.1 unless that is intended")
+            live = LiveView(spec, vrange)
+        if cfg.camera.live == "auto":  # a source may say what it is; else a file or folder is a replay
+            wait = getattr(source, "live", None) is False or _is_replay(cfg.camera.source or "")
+        else:
+            wait = cfg.camera.live is False
+        opts = LoopOptions(trigger=cfg.trigger_mode, nth=cfg.nth, deadline_s=cfg.deadline_ms / 1000.0,
+                           max_batch=max_batch, safe_action=cfg.safe_action, wait_for_engine=wait,
+                           stall_alarm_s=cfg.camera.stall_alarm_s, max_frames=cfg.max_frames)
+        loop = Loop(source, detector, calibration, spec, decide, opts, metrics, sinks, recorder, live, log,
+                    on_alarm=_alarm_outputs(sinks))
+        loop.warnings.extend(warnings)
+        alarm_box.append(loop.alarm)
+        if live is not None:
+            host, port = parse_listen(cfg.http.listen)  # type: ignore[arg-type]
+            http = HttpView(host, port, live, lambda: _health(loop, sinks), metrics.render, cfg.http.max_fps)
+            http.start()
+            closers.append(http.stop)
+            log(f"live view on http://{http.address[0]}:{http.address[1]}/ (/health, /metrics)")
+        run_info = {"edgead_version": __version__, "started": datetime.now(timezone.utc).isoformat(),
+                    "engine": {"path": str(cfg.engine), "fingerprint": detector.fingerprint,
+                               "backend": detector.backend, "precision": detector.precision},
+                    "calibration": {"path": str(cfg.calibration), "threshold": calibration.get("threshold"),
+                                    "rule": calibration.get("rule"), "forced": bool(calibration.get("forced"))},
+                    "camera": source.name, "preprocess": spec.to_dict(), "config": cfg.to_dict(),
+                    "mode": "trigger" if opts.trigger else f"free-running, every {opts.nth} frame(s)",
+                    "max_batch": max_batch, "warnings": warnings}
+        if recorder is not None:
+            recorder.start(run_info)
+        log(f"inspecting {source.name} with {Path(str(cfg.engine)).name} ({detector.backend}/{detector.precision}), "
+            f"{'trigger mode' if opts.trigger else f'every {opts.nth} frame(s)'}, deadline {cfg.deadline_ms:g} ms, "
+            f"batch <= {max_batch}" + (f"; recording to {recorder.dir}" if recorder else ""))
+        if hasattr(sinks, "set_ready"):
+            sinks.set_ready(True)  # the 'ready' line: on while parts are inspected (close() turns it off)
+        with _Signals(loop.request_stop, log):
+            loop.run()
+        summary = loop.summary()
+        summary["record_dir"] = str(recorder.dir) if recorder else None
+        summary["warnings"] = warnings
+        summary["exit_code"] = EXIT_FAULT_STOP if (loop.stopped_by or "").startswith(("safe action", "reject output")) \
+            else EXIT_OK
+        if recorder is not None:
+            recorder.close({**run_info, "summary": summary})
+        out(format_summary(summary))
+        if loop.fatal is not None:
+            raise loop.fatal
+        return summary
+    finally:
+        for close in reversed(closers):
+            try:
+                close()
+            except Exception as e:  # closing one thing must not keep the others open
+                log(f"WARNING: closing failed: {e!r}")
+
+
+def _health(loop: Loop, sinks: Any) -> dict[str, Any]:
+    h = loop.health()
+    if sinks is not None and hasattr(sinks, "health"):
+        try:
+            sh = sinks.health()
+            h["outputs"] = {"ok": bool(getattr(sh, "ok", sh)), "detail": getattr(sh, "detail", "")}
+        except Exception as e:
+            h["outputs"] = {"ok": False, "detail": repr(e)}
+        if not h["outputs"]["ok"] and h["status"] == "ok":
+            h["status"] = "degraded"
+    return h
