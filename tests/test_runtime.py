@@ -1,0 +1,548 @@
+"""`edgead run`: end to end through ONNX Runtime, the fail-safe rules under injected faults, the
+recorder, the HTTP view, SIGTERM, and the run config.
+
+The tiny model does not separate its synthetic test images, so good parts are its training images
+and defective parts are the same images with a 56x56 block of noise (scores ~4 vs < 1); the
+calibration threshold is put halfway between, and the fixture checks the separation first.
+Fakes implement the protocols (a list-backed FrameSource, a recording sink, wrapped detectors).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from datetime import datetime, timezone
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from edgead.errors import EdgeADError
+from edgead.protocols import Frame, InspectionEvent, SinkHealth
+from edgead.runtime.config import from_dict, load_run_config, parse_listen
+
+DEFECT_EVERY = 3   # frame k is defective when k % 3 == 2
+
+
+# ---------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model, tmp_path_factory):
+    from edgead.build_engine import build_engine
+
+    out = tmp_path_factory.mktemp("engines") / "tiny"
+    build_engine(tiny_model, out, max_batch=4, log=lambda s: None)
+    return out
+
+
+@pytest.fixture(scope="module")
+def detector(engine):
+    from edgead.backends import load_detector
+
+    return load_detector(engine, "onnxruntime", "fp32")
+
+
+@pytest.fixture(scope="module")
+def frames(tiny_product):
+    """(RGB frames, labels): training images, every third one with a block of noise."""
+    from edgead.data.images import list_images, read_image
+
+    rng = np.random.default_rng(1)
+    images, labels = [], []
+    for k, p in enumerate(list_images(tiny_product / "train" / "good")):
+        img = read_image(p)
+        if k % DEFECT_EVERY == DEFECT_EVERY - 1:
+            img = img.copy()
+            img[20:76, 20:76] = rng.integers(0, 256, (56, 56, 3), dtype=np.uint8)
+        images.append(img)
+        labels.append(int(k % DEFECT_EVERY == DEFECT_EVERY - 1))
+    return images, labels
+
+
+@pytest.fixture(scope="module")
+def calibration(engine, detector, frames, tmp_path_factory):
+    """A real calibration record (edgead.calibrate), its threshold halfway between good and defect scores."""
+    from edgead.calibrate import Scored, build_record, engine_info, write_record
+    from edgead.preprocess import preprocess
+
+    spec, info = engine_info(engine, detector)
+    images, labels = frames
+    scores, _ = detector.infer(np.stack([preprocess(i, spec) for i in images]))
+    good = scores[np.array(labels) == 0]
+    bad = scores[np.array(labels) == 1]
+    assert good.max() + 1.0 < bad.min(), "the test frames must separate for the accuracy checks to mean anything"
+    fake_good = np.random.default_rng(0).normal(float(good.mean()), float(good.std()), 2000)
+    record = build_record(Scored(fake_good, None, []), None, 0.01, "quantile", info, ("test", None), refits=5)
+    record["threshold"] = float(good.max() + bad.min()) / 2
+    path = tmp_path_factory.mktemp("calibration") / "tiny.yaml"
+    write_record(record, path, fake_good)
+    return path
+
+
+def _write_video(path: Path, images: list[np.ndarray]) -> Path | None:
+    h, w = images[0].shape[:2]
+    for fourcc in ("FFV1", "png ", "MJPG"):  # lossless first
+        writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), 10, (w, h))
+        if not writer.isOpened():
+            continue
+        for img in images:
+            writer.write(cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+        writer.release()
+        if cv2.VideoCapture(str(path)).read()[0]:
+            return path
+    return None
+
+
+# ---------------------------------------------------------------- fakes
+
+
+def _frame(image: np.ndarray, seq: int, t: float | None = None) -> Frame:
+    return Frame(image=image, seq=seq, t_capture=time.monotonic() if t is None else t,
+                 wall_time=datetime.now(timezone.utc).isoformat(), source="fake")
+
+
+class ListSource:
+    """FrameSource over a list. stall: {index: seconds} delivered late (stamped before the stall);
+    raise_at: indices whose read raises (the frame is lost); skip: indices the camera never delivers."""
+
+    name = "fake"
+
+    def __init__(self, images, *, live: bool = True, period_s: float = 0.0, stall=None, raise_at=(), skip=(),
+                 forever: bool = False) -> None:
+        self.images, self.live, self.period_s = list(images), live, period_s
+        self.stall, self.raise_at, self.skip, self.forever = dict(stall or {}), set(raise_at), set(skip), forever
+        self.i, self.finished, self.opens, self.closes = 0, False, 0, 0
+        self.stop = threading.Event()
+
+    def open(self) -> None:
+        self.opens += 1
+
+    def close(self) -> None:
+        self.closes += 1
+
+    def read(self, timeout_s: float) -> Frame | None:
+        if self.stop.is_set() or (self.i >= len(self.images) and not self.forever):
+            self.finished = True
+            return None
+        if self.period_s:
+            time.sleep(self.period_s)
+        k = self.i
+        self.i += 1
+        if k in self.raise_at:
+            raise EdgeADError("camera unplugged", "plug it in")
+        if k in self.skip:
+            return None
+        t = time.monotonic()
+        if k in self.stall:
+            time.sleep(self.stall[k])
+        return _frame(self.images[k % len(self.images)], k, t)
+
+
+class RecordingSink:
+    name = "recording"
+
+    def __init__(self, fail_on: set[int] = frozenset()) -> None:
+        self.events: list[InspectionEvent] = []
+        self.fail_on = fail_on
+
+    def reject(self, event: InspectionEvent) -> None:
+        self.events.append(event)
+        if event.seq in self.fail_on:
+            raise OSError("relay stuck")
+
+    def health(self) -> SinkHealth:
+        return SinkHealth(True)
+
+    def close(self) -> None:
+        pass
+
+
+class WrappedDetector:
+    """The real detector, slowed down or failing on chosen calls."""
+
+    def __init__(self, inner, delay_s: float = 0.0, fail_calls=()) -> None:
+        self.inner, self.delay_s, self.fail_calls, self.calls = inner, delay_s, set(fail_calls), 0
+        self.backend, self.precision = inner.backend, inner.precision
+        self.fingerprint, self.max_batch = inner.fingerprint, inner.max_batch
+
+    def infer(self, batch):
+        self.calls += 1
+        if self.calls in self.fail_calls or "all" in self.fail_calls:
+            raise RuntimeError("CUDA error: an illegal memory access")
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        return self.inner.infer(batch)
+
+
+def _run(engine, calibration, detector, source, sinks=None, logs=None, **cfg):
+    from edgead.run import run
+
+    config = from_dict({"engine": str(engine), "calibration": str(calibration),
+                        "camera": {"source": "fake", "live": source.live}, **cfg})
+    sink = sinks if sinks is not None else RecordingSink()
+    out: list[str] = []
+    summary = run(config, detector=detector, source=source, sinks=sink, out=out.append,
+                  log=(logs.append if logs is not None else lambda s: None))
+    return summary, sink, out
+
+
+def _lines(summary) -> list[dict]:
+    path = Path(summary["record_dir"]) / "events.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _check_every_part_once(summary, sink, n):
+    assert summary["parts"] == n
+    assert sorted(e.seq for e in sink.events) == list(range(n))
+
+
+# ---------------------------------------------------------------- end to end
+
+
+def test_video_file_end_to_end(engine, calibration, frames, tmp_path):
+    from edgead.run import run
+
+    images, labels = frames
+    video = _write_video(tmp_path / "parts.avi", images)
+    if video is None:
+        pytest.skip("this OpenCV build writes no usable video codec")
+    cfg = from_dict({"engine": str(engine), "calibration": str(calibration), "camera": str(video),
+                     "deadline_ms": 5000, "record": {"dir": str(tmp_path / "runs"), "save_good_every": 4}})
+    out: list[str] = []
+    summary = run(cfg, out=out.append, log=lambda s: None)
+    lines = _lines(summary)
+    assert len(lines) == len(images) == summary["parts"] == summary["frames"]
+    got = {d["seq"]: d["decision"] for d in lines}
+    assert got == {k: ("reject" if y else "pass") for k, y in enumerate(labels)}
+    assert all(set(d["latency_ms"]) >= {"read", "preprocess", "queue", "infer", "decide", "total"} for d in lines)
+    assert summary["safe_actions"] == 0 and summary["exit_code"] == 0 and summary["stopped_by"] == "end of source"
+    run_dir = Path(summary["record_dir"])
+    for d in lines:
+        for name in d["images"]:
+            assert cv2.imread(str(run_dir / name)) is not None
+    rejects = [d for d in lines if d["decision"] == "reject"]
+    assert {n.rsplit("-", 1)[1] for d in rejects for n in d["images"]} == {"raw.png", "overlay.png"}
+    assert len(list((run_dir / "good").glob("*.png"))) == (len(images) - len(rejects)) // 4
+    assert json.loads((run_dir / "run.json").read_text())["summary"]["parts"] == len(images)
+    assert out[0].startswith(f"edgead run: {len(images)} frames")
+
+
+def test_image_folder_end_to_end_with_log_output(engine, calibration, frames, tmp_path):
+    """The real capture (folder replay) and signals (log output) modules around the loop."""
+    from edgead.run import run
+
+    images, labels = frames
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    for k, img in enumerate(images):
+        cv2.imwrite(str(folder / f"part_{k:03d}.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+    cfg = from_dict({"engine": str(engine), "calibration": str(calibration), "camera": str(folder),
+                     "deadline_ms": 5000, "record": str(tmp_path / "runs"),
+                     "outputs": [{"type": "log", "path": str(tmp_path / "out.jsonl")}]})
+    summary = run(cfg, out=lambda s: None, log=lambda s: None)
+    lines = _lines(summary)
+    assert [d["decision"] for d in sorted(lines, key=lambda d: d["seq"])] == \
+        ["reject" if y else "pass" for y in labels]
+    logged = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert sorted(d["seq"] for d in logged if "seq" in d) == list(range(len(images)))
+
+
+# ---------------------------------------------------------------- fault injection
+
+
+def test_slow_engine_parts_get_the_safe_action_at_their_deadline(engine, calibration, detector, frames):
+    images, _ = frames
+    slow = WrappedDetector(detector, delay_s=0.4)
+    summary, sink, _ = _run(engine, calibration, slow, ListSource(images[:6], period_s=0.03), deadline_ms=100)
+    _check_every_part_once(summary, sink, 6)
+    assert summary["safe_actions"] == 6 and summary["safe_actions_by_reason"] == {"deadline": 6}
+    assert all(e.decision == "safe_reject" and e.reason == "deadline" for e in sink.events)
+    # fired by the watchdog at the deadline, not when the engine finally answered
+    assert max(e.latency_ms["total"] for e in sink.events) < 100 + 150
+    assert summary["late_decisions"] >= 1 and summary["alarms"] >= 6
+
+
+def test_engine_that_raises(engine, calibration, detector, frames):
+    images, _ = frames
+    flaky = WrappedDetector(detector, fail_calls={1})
+    summary, sink, _ = _run(engine, calibration, flaky, ListSource(images[:8], live=False), deadline_ms=5000,
+                            max_batch=1)
+    _check_every_part_once(summary, sink, 8)
+    assert summary["safe_actions_by_reason"] == {"engine_error": 1}
+    bad = [e for e in sink.events if e.decision == "safe_reject"]
+    assert bad[0].seq == 0 and "illegal memory access" in bad[0].reason and bad[0].score is None
+    assert summary["passes"] + summary["rejects"] == 7
+
+    dead = WrappedDetector(detector, fail_calls={"all"})
+    summary, sink, _ = _run(engine, calibration, dead, ListSource(images[:5], live=False), deadline_ms=5000)
+    _check_every_part_once(summary, sink, 5)
+    assert summary["safe_actions_by_reason"] == {"engine_error": 5}
+
+
+def test_stalling_source(engine, calibration, detector, frames):
+    """Frames delivered after their deadline are safe-rejected; frames the camera lost were parts too."""
+    images, _ = frames
+    src = ListSource(images[:8], stall={2: 0.3, 3: 0.3}, skip={5, 6})
+    summary, sink, _ = _run(engine, calibration, detector, src, deadline_ms=150)
+    _check_every_part_once(summary, sink, 8)
+    by_seq = {e.seq: e for e in sink.events}
+    assert by_seq[2].reason == by_seq[3].reason == "deadline"
+    assert by_seq[5].reason == by_seq[6].reason == "frame lost"
+    assert summary["safe_actions_by_reason"] == {"deadline": 2, "frame_lost": 2}
+    assert summary["frames_lost"] == 2 and summary["frames"] == 6
+
+
+def test_source_that_raises_is_reopened(engine, calibration, detector, frames):
+    images, _ = frames
+    src = ListSource(images[:6], raise_at={3})
+    summary, sink, _ = _run(engine, calibration, detector, src, deadline_ms=5000)
+    _check_every_part_once(summary, sink, 6)
+    assert {e.seq: e.reason for e in sink.events}[3] == "frame lost"
+    assert summary["camera_errors"] == 1 and summary["reconnects"] == 1 and src.opens == 2
+    assert summary["safe_actions_by_reason"] == {"frame_lost": 1}
+
+
+def test_replay_that_raises_stops_with_its_error(engine, calibration, detector, frames):
+    images, _ = frames
+    with pytest.raises(EdgeADError, match="camera unplugged"):
+        _run(engine, calibration, detector, ListSource(images[:6], live=False, raise_at={2}), deadline_ms=5000)
+
+
+def test_full_queue_trigger_rejects_free_running_skips(engine, calibration, detector, frames):
+    images, _ = frames
+    n = 40
+    slow = WrappedDetector(detector, delay_s=0.05)
+    summary, sink, _ = _run(engine, calibration, slow, ListSource([images[0]] * n), deadline_ms=5000, max_batch=1)
+    _check_every_part_once(summary, sink, n)
+    assert summary["safe_actions_by_reason"].get("queue_full", 0) >= 10
+    assert summary["passes"] + summary["safe_actions"] == n
+
+    summary, sink, _ = _run(engine, calibration, slow, ListSource([images[0]] * n), deadline_ms=5000, max_batch=1,
+                            every_nth=2)
+    assert summary["safe_actions"] == 0 and summary["frames"] == n
+    skipped = summary["frames_skipped"]
+    assert skipped["not_nth"] == n // 2 and skipped.get("busy", 0) >= 5
+    assert summary["parts"] == n // 2 - skipped["busy"] == len(sink.events)
+
+
+def test_sink_that_raises_is_counted_and_the_run_goes_on(engine, calibration, detector, frames):
+    images, _ = frames
+    sink = RecordingSink(fail_on={1})
+    summary, _, _ = _run(engine, calibration, detector, ListSource(images[:4], live=False), sinks=sink,
+                         deadline_ms=5000)
+    assert summary["parts"] == 4 and summary["sink_errors"] == 1 and summary["alarms"] == 1
+
+
+def test_safe_action_stop_ends_the_run(engine, calibration, detector, frames):
+    images, _ = frames
+    summary, sink, _ = _run(engine, calibration, WrappedDetector(detector, fail_calls={"all"}),
+                            ListSource(images, live=False, period_s=0.02), deadline_ms=5000, safe_action="stop",
+                            max_batch=1)
+    assert summary["exit_code"] == 3 and summary["stopped_by"].startswith("safe action: engine error")
+    assert 1 <= summary["parts"] < len(images) and summary["parts"] == summary["safe_actions"] == len(sink.events)
+
+
+def test_slow_disk_drops_records_not_parts(engine, calibration, detector, frames, tmp_path, monkeypatch):
+    from edgead.runtime.recorder import Recorder
+
+    real = Recorder._write
+    monkeypatch.setattr(Recorder, "_write", lambda self, name, data: (time.sleep(0.15), real(self, name, data)))
+    images, labels = frames
+    summary, sink, _ = _run(engine, calibration, detector, ListSource(images, period_s=0.005), deadline_ms=5000,
+                            record={"dir": str(tmp_path / "runs"), "queue": 1, "ring_size": 0})
+    _check_every_part_once(summary, sink, len(images))
+    assert summary["safe_actions"] == 0 and summary["rejects"] == sum(labels)
+    assert summary["records_dropped"].get("reject_image", 0) >= 1
+    assert len(_lines(summary)) == len(images)  # event lines have their own buffer
+
+
+def test_quota_deletes_oldest_first(tmp_path):
+    from edgead.runtime.recorder import Quota
+
+    keep = tmp_path / "events.jsonl"
+    keep.write_bytes(b"x" * 100)
+    files = []
+    for i in range(5):
+        p = tmp_path / "old" / f"{i}.png"
+        p.parent.mkdir(exist_ok=True)
+        p.write_bytes(b"y" * 100)
+        os.utime(p, (1000 + i, 1000 + i))
+        files.append(p)
+    os.utime(keep, (900, 900))
+    q = Quota(tmp_path, 350, {keep})
+    assert q.total == 600 and q.enforce() == 3
+    assert keep.exists() and [p.exists() for p in files] == [False, False, False, True, True]
+
+
+# ---------------------------------------------------------------- HTTP, metrics, SIGTERM
+
+
+def _get(url: str, timeout: float = 5.0) -> tuple[int, dict, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status, dict(r.headers), r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), e.read()
+
+
+def test_http_endpoints(engine, calibration, detector, frames):
+    images, _ = frames
+    src = ListSource(images, period_s=0.02, forever=True)
+    logs: list[str] = []
+    result: dict = {}
+    t = threading.Thread(target=lambda: result.update(s=_run(engine, calibration, detector, src, logs=logs,
+                                                             deadline_ms=5000, http="127.0.0.1:0")[0]))
+    t.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not any("live view on" in s for s in logs) or src.i < 5:
+            assert time.monotonic() < deadline and t.is_alive()
+            time.sleep(0.05)
+        base = next(s for s in logs if "live view on" in s).split()[3].rstrip("/")
+        code, _, body = _get(base + "/health")
+        health = json.loads(body)
+        assert code == 200 and health["status"] in ("ok", "alarm") and health["parts"] >= 1
+        code, _, body = _get(base + "/metrics")
+        text = body.decode()
+        assert code == 200
+        for name in ("edgead_frames_total", "edgead_parts_total{decision=", "edgead_safe_actions_total",
+                     'edgead_latency_seconds_bucket{stage="total",le="0.001"}', 'edgead_queue_depth{queue="infer"}',
+                     "edgead_camera_reconnects_total"):
+            assert name in text
+        with urllib.request.urlopen(base + "/stream", timeout=5) as r:
+            assert r.headers["Content-Type"].startswith("multipart/x-mixed-replace")
+            head = r.read(200)
+            assert b"Content-Type: image/jpeg" in head
+            body = head + r.read(4000)
+        jpeg = body[body.index(b"\r\n\r\n") + 4:]
+        assert jpeg[:2] == b"\xff\xd8"
+        img = cv2.imdecode(np.frombuffer(_get(base + "/frame.jpg")[2], np.uint8), cv2.IMREAD_COLOR)
+        assert img is not None and img.shape[0] >= 64
+        assert _get(base + "/nope")[0] == 404
+    finally:
+        src.stop.set()
+        t.join(20)
+    assert result["s"]["parts"] == result["s"]["frames"]
+
+
+def test_metrics_text_format():
+    from edgead.runtime.metrics import RunMetrics
+
+    m = RunMetrics()
+    m.parts.inc(decision="pass")
+    m.parts.inc(2, decision="safe_reject")
+    m.safe_actions.inc(2, reason="deadline")
+    for v in (0.0005, 0.003, 0.2):
+        m.latency.observe(v, stage="total")
+    text = m.render()
+    assert '# TYPE edgead_parts_total counter' in text
+    assert 'edgead_parts_total{decision="safe_reject"} 2' in text
+    assert 'edgead_latency_seconds_bucket{stage="total",le="0.001"} 1' in text
+    assert 'edgead_latency_seconds_bucket{stage="total",le="+Inf"} 3' in text
+    assert 'edgead_latency_seconds_count{stage="total"} 3' in text
+    assert m.latency.percentiles([50], stage="total") == [0.003]
+
+
+def test_sigterm_leaves_complete_logs(engine, calibration, frames, tmp_path):
+    images, _ = frames
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    for k, img in enumerate(images[:4]):
+        cv2.imwrite(str(folder / f"p{k}.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+    (tmp_path / "run.yaml").write_text(f"camera:\n  source: {folder}\n  frame_rate: 8\n  loop: true\n"
+                                       "deadline_ms: 5000\n")
+    runs = tmp_path / "runs"
+    proc = subprocess.Popen([sys.executable, "-m", "edgead.cli", "run", "--engine", str(engine), "--calibration",
+                             str(calibration), "--config", str(tmp_path / "run.yaml"), "--record", str(runs)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            logs = list(runs.glob("*/events.jsonl"))
+            if logs and len(logs[0].read_text().splitlines()) >= 3:
+                break
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert "SIGTERM" in err and "edgead run:" in out and "stopped by signal SIGTERM" in out
+    text = logs[0].read_text()
+    assert text.endswith("\n")
+    lines = [json.loads(x) for x in text.splitlines()]
+    summary = json.loads((logs[0].parent / "run.json").read_text())["summary"]
+    assert len(lines) == summary["parts"] == summary["frames"] >= 3
+    assert [d["seq"] for d in lines] == list(range(len(lines)))
+
+
+# ---------------------------------------------------------------- config, ROI, edge path
+
+
+def test_run_config_keys_and_values(tmp_path):
+    cfg = from_dict({"engine": "e", "calibration": "c", "camera": 0, "record": "runs/x", "http": 8080,
+                     "every_nth": 3, "roi": [1, 2, 30, 40]})
+    assert cfg.camera.source == "0" and cfg.record.dir == "runs/x" and cfg.http.listen == "8080"
+    assert not cfg.trigger_mode and cfg.nth == 3 and cfg.roi == (1, 2, 30, 40)
+    assert from_dict({}).trigger_mode
+    for bad, match in (({"deadline": 5}, "unknown key 'deadline'"),
+                       ({"record": {"dir": "x", "quota": 5}}, "unknown key 'record.quota'"),
+                       ({"camera": {"source": "0", "exposure": 5}}, "unknown key 'camera.exposure'"),
+                       ({"deadline_ms": "fast"}, "'deadline_ms' has a bad value"),
+                       ({"safe_action": "pass"}, "'safe_action' has a bad value"),
+                       ({"trigger": True, "every_nth": 2}, "both set"),
+                       ({"roi": [0, 0, 10]}, "'roi'"),
+                       ({"http": "localhost:http"}, "'http.listen'")):
+        with pytest.raises(EdgeADError, match=match):
+            from_dict(bad)
+    path = tmp_path / "run.yaml"
+    path.write_text("engine: a\ncamera:\n  source: clip.mp4\n  frame_rate: 5\nrecord:\n  dir: r\n")
+    cfg = load_run_config(path, {"engine": "b", "camera": {"source": "0"}, "record": {"quota_mb": 10}})
+    assert (cfg.engine, cfg.camera.source, cfg.camera.settings, cfg.record.dir, cfg.record.quota_mb) == \
+        ("b", "0", {"frame_rate": 5}, "r", 10)
+    with pytest.raises(EdgeADError, match="run needs --camera"):
+        from_dict({"engine": "e", "calibration": "c"}).require()
+    assert parse_listen("8080") == ("127.0.0.1", 8080) and parse_listen("0.0.0.0:1") == ("0.0.0.0", 1)
+
+
+def test_roi_rule():
+    from edgead.preprocess import PreprocessSpec
+    from edgead.run import check_roi
+
+    spec = PreprocessSpec(roi=(10, 10, 50, 40))
+    assert check_roi(spec, None) == (spec, None) and check_roi(spec, (10, 10, 50, 40)) == (spec, None)
+    moved, warning = check_roi(spec, (14, 8, 50, 40))
+    assert moved.roi == (14, 8, 50, 40) and warning.startswith("WARNING")
+    with pytest.raises(EdgeADError, match="differs from the engine's ROI"):
+        check_roi(spec, (10, 10, 60, 40))
+    with pytest.raises(EdgeADError, match="sees whole"):
+        check_roi(PreprocessSpec(), (0, 0, 50, 50))
+
+
+def test_startup_errors_are_one_clear_line(engine, calibration, tmp_path, capsys):
+    from edgead.cli import main
+
+    assert main(["run", "--engine", str(engine), "--calibration", str(calibration), "--camera",
+                 str(tmp_path / "missing")]) == 2
+    assert "error: camera spec" in capsys.readouterr().err
+    other = tmp_path / "other.yaml"
+    other.write_text(calibration.read_text().replace("fingerprint: ", "fingerprint: 0"))
+    assert main(["run", "--engine", str(engine), "--calibration", str(other), "--camera", str(tmp_path)]) == 2
+    assert "made with another engine" in capsys.readouterr().err
+
+
+def test_edge_path_imports_no_torch():
+    code = ("import sys, edgead.run, edgead.runtime.http, edgead.runtime.recorder, edgead.cli; "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
