@@ -43,8 +43,11 @@ def graph_costs(model_dir: Path) -> dict[str, dict[str, float]]:
                                                for p in [*pr.student.parameters(), *pr.projections.parameters()]) / 1e6}
         # Where the scoring head runs: its own cost at batch 1 (it sits at the end of the student graph,
         # so it adds no engine launch and no feature round trip).
-        t = [list(feats[i:i + len(p.spec.teacher.layers)]) for i, p in
-             zip(np.cumsum([0] + [len(p.spec.teacher.layers) for p in model.pairs])[:-1], model.pairs)]
+        t, i = [], 0
+        for pair in model.pairs:
+            n = len(pair.spec.teacher.layers)
+            t.append(list(feats[i:i + n]))
+            i += n
         s = student.student_features(x)
         for _ in range(3):
             model.head(t, s)
