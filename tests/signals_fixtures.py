@@ -26,6 +26,14 @@ import pytest
 LOOPBACK = "127.0.0.1"
 
 
+def need_module(name: str, reason: str) -> None:
+    """Skip the test when an optional library is missing (any ImportError, on any pytest)."""
+    try:
+        __import__(name)
+    except ImportError:
+        pytest.skip(reason)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind((LOOPBACK, 0))
@@ -160,7 +168,7 @@ class ModbusPeer:
 
 @pytest.fixture
 def modbus_server() -> Iterator[ModbusPeer]:
-    pytest.importorskip("pymodbus", reason='pymodbus is not installed (pip install "edgead[signals]")')
+    need_module("pymodbus", 'pymodbus is not installed (pip install "edgead[signals]")')
     peer = ModbusPeer(free_port())
     yield peer
     peer.close()
@@ -172,11 +180,11 @@ def modbus_server() -> Iterator[ModbusPeer]:
 class Broker:
     """Debian's mosquitto on 127.0.0.1:port with persistence, so a restart keeps subscribers' sessions."""
 
-    def __init__(self, binary: str, root: Path) -> None:
+    def __init__(self, binary: str, root: Path, listener_lines: list[str] | None = None) -> None:
         self.binary, self.root, self.port = binary, root, free_port()
         (root / "data").mkdir(parents=True)
-        lines = [f"listener {self.port} {LOOPBACK}", "allow_anonymous true", "persistence true",
-                 f"persistence_location {root / 'data'}/", f"log_dest file {root / 'mosquitto.log'}"]
+        lines = [f"listener {self.port} {LOOPBACK}", *(listener_lines or ["allow_anonymous true"]),
+                 "persistence true", f"persistence_location {root / 'data'}/", f"log_dest file {root / 'mosquitto.log'}"]
         if os.geteuid() == 0:
             lines.append("user root")       # else mosquitto drops to a user that cannot write the temp dir
         self.conf = root / "mosquitto.conf"
@@ -209,12 +217,44 @@ def mosquitto_binary() -> str | None:
 
 @pytest.fixture
 def mosquitto(tmp_path: Path) -> Iterator[Broker]:
-    pytest.importorskip("paho.mqtt", reason='paho-mqtt is not installed (pip install "edgead[signals]")')
+    need_module("paho.mqtt", 'paho-mqtt is not installed (pip install "edgead[signals]")')
     binary = mosquitto_binary()
     if binary is None:
         pytest.skip("the mosquitto binary is not installed (apt-get install -y mosquitto)")
     broker = Broker(binary, tmp_path / "broker")
     yield broker
+    broker.stop()
+
+
+def _run(*cmd: str) -> None:
+    subprocess.run(cmd, check=True, capture_output=True, timeout=30)
+
+
+@pytest.fixture
+def mosquitto_tls(tmp_path: Path) -> Iterator[tuple[Broker, Path]]:
+    """mosquitto with TLS (a throw-away CA, server cert for IP 127.0.0.1) and a password file
+    (user "line1", password "s3cret"); yields the broker and the CA certificate."""
+    need_module("paho.mqtt", 'paho-mqtt is not installed (pip install "edgead[signals]")')
+    binary, openssl, passwd = mosquitto_binary(), shutil.which("openssl"), shutil.which("mosquitto_passwd")
+    if binary is None or passwd is None:
+        pytest.skip("the mosquitto binary is not installed (apt-get install -y mosquitto)")
+    if openssl is None:
+        pytest.skip("openssl is not installed: it makes the test certificates (apt-get install -y openssl)")
+    d = tmp_path / "tls"
+    d.mkdir()
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    _run(openssl, "req", "-x509", *ec, "-keyout", str(d / "ca.key"), "-out", str(d / "ca.pem"), "-days", "2",
+         "-subj", "/CN=edgead test CA")
+    _run(openssl, "req", *ec, "-keyout", str(d / "server.key"), "-out", str(d / "server.csr"), "-subj", "/CN=127.0.0.1")
+    (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    _run(openssl, "x509", "-req", "-in", str(d / "server.csr"), "-CA", str(d / "ca.pem"), "-CAkey", str(d / "ca.key"),
+         "-CAcreateserial", "-out", str(d / "server.pem"), "-days", "2", "-extfile", str(d / "san.ext"))
+    _run(passwd, "-c", "-b", str(d / "passwd"), "line1", "s3cret")
+    os.chmod(d / "passwd", 0o600)
+    broker = Broker(binary, tmp_path / "broker", [
+        f"cafile {d / 'ca.pem'}", f"certfile {d / 'server.pem'}", f"keyfile {d / 'server.key'}",
+        "allow_anonymous false", f"password_file {d / 'passwd'}"])
+    yield broker, d / "ca.pem"
     broker.stop()
 
 
@@ -346,7 +386,7 @@ class PtyPeer:
 
 @pytest.fixture
 def pty_peer() -> Iterator[PtyPeer]:
-    pytest.importorskip("serial", reason='pyserial is not installed (pip install "edgead[signals]")')
+    need_module("serial", 'pyserial is not installed (pip install "edgead[signals]")')
     peer = PtyPeer()
     yield peer
     peer.close()

@@ -6,6 +6,7 @@ Fault injection: a peer down at start (health error), lost mid-run (alarm, outbo
 
 from __future__ import annotations
 
+import importlib
 import json
 import subprocess
 import sys
@@ -14,12 +15,26 @@ import time
 
 import pytest
 from signals_fixtures import (LOOPBACK, FakeLines, Subscriber, event, free_port, http_peer,  # noqa: F401
-                              modbus_server, mosquitto, pty_peer, wait_for)
+                              modbus_server, mosquitto, mosquitto_tls, pty_peer, wait_for)
 
 from edgead.errors import EdgeADError
 from edgead.signals import SinkGroup, build_sink, build_sinks, check_health
 from edgead.signals.config import parse_sink
 from edgead.signals.test_pulse import signals_test
+
+
+def _importable(module: str) -> bool:
+    try:
+        importlib.import_module(module)
+        return True
+    except ImportError:
+        return False
+
+
+needs_pymodbus = pytest.mark.skipif(not _importable("pymodbus.client"),
+                                    reason='pymodbus is not installed (pip install "edgead[signals]")')
+needs_pyserial = pytest.mark.skipif(not _importable("serial"),
+                                    reason='pyserial is not installed (pip install "edgead[signals]")')
 
 
 def modbus_sink(port, **kw):
@@ -75,6 +90,7 @@ def test_modbus_register_set_mode_and_heartbeat(modbus_server):
         sink.close()
 
 
+@needs_pymodbus
 def test_modbus_down_at_start_is_a_health_error_naming_the_output():
     sink = modbus_sink(free_port())
     try:
@@ -235,6 +251,22 @@ def test_mqtt_down_at_start_fills_a_bounded_outbox_then_flushes_the_newest(mosqu
         group.close()
 
 
+def test_mqtt_tls_with_username_and_password(mosquitto_tls, monkeypatch):
+    broker, ca = mosquitto_tls
+    monkeypatch.setenv("EDGEAD_TEST_MQTT_PASSWORD", "s3cret")
+    good = mqtt_sink(broker.port, tls=True, ca_certs=str(ca), username="line1", password_env="EDGEAD_TEST_MQTT_PASSWORD")
+    bad = mqtt_sink(broker.port, tls=True, ca_certs=str(ca), username="line1", password="wrong",
+                    client_id="edgead-bad-password")
+    try:
+        assert check_health([good], timeout_s=5) == []
+        assert good.fire_test().startswith("published a test event")
+        with pytest.raises(EdgeADError, match="output 'mqtt' is unreachable: broker 127.0.0.1:.* refused the connection"):
+            check_health([bad], timeout_s=2)
+    finally:
+        good.close()
+        bad.close()
+
+
 # ---------------------------------------------------------------- webhook (http.server)
 
 
@@ -313,6 +345,7 @@ def test_serial_sends_the_template_line_after_the_delay(pty_peer):
         sink.close()
 
 
+@needs_pyserial
 def test_serial_port_missing_is_unhealthy():
     sink = build_sink({"type": "serial", "port": "/dev/edgead-no-such-tty"})
     try:
@@ -366,6 +399,26 @@ def test_group_isolates_a_raising_sink_counts_it_and_stops_when_told(tmp_path):
     assert [e["seq"] for e in events] == [1, 2]
     group.reset_alarm()
     assert not group.should_stop
+
+
+def test_a_missed_part_is_an_alarm_and_with_stop_drops_ready_and_sets_the_alarm_pin():
+    from edgead.signals.gpio import GpioSink
+
+    lines = FakeLines()
+    kicker = GpioSink(parse_sink({"type": "gpio", "pin": 5, "alarm_pin": 6, "ready_pin": 7, "delay_ms": 50,
+                                  "pulse_ms": 20}), backend=lines)
+    alarms = Alarms()
+    group = SinkGroup([kicker], on_sink_failure="stop", on_alarm=alarms)
+    group.set_ready(True)
+    assert lines.level[7] is True
+    group.reject(event(9, time.monotonic() - 1.0))     # decided a second after capture: window long gone
+    assert wait_for(lambda: alarms.got, 2)
+    assert alarms.got[0][0] == "gpio" and "part 9 not kicked" in alarms.got[0][1]
+    assert group.should_stop and lines.level[7] is False and lines.level[6] is True
+    assert not lines.edges(5)                             # never fired late
+    group.reject(event(10, time.monotonic() + 10))        # still queued at close: reported, output left off
+    group.close()
+    assert "part 10 not kicked" in alarms.got[-1][1] and not lines.level.get(5, False)
 
 
 def test_reject_never_blocks_on_a_slow_or_absent_peer(http_peer, modbus_server, mosquitto, pty_peer, tmp_path):

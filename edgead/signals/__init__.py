@@ -161,6 +161,7 @@ class SinkGroup:
         self.alarms: list[tuple[str, str]] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._closing = False
         for sink in self.sinks:
             if hasattr(sink, "listener"):
                 sink.listener = self._on_sink_report  # type: ignore[attr-defined]
@@ -192,7 +193,9 @@ class SinkGroup:
         self._each("clear_alarm")
 
     def close(self) -> None:
+        """Ready off, then close each sink (pulses due soon still fire; parts left are reported)."""
         self.set_ready(False)
+        self._closing = True                # from here alarms are recorded, not sent to closing sinks
         for sink in self.sinks:
             try:
                 sink.close()
@@ -207,10 +210,11 @@ class SinkGroup:
         with self._lock:
             self.failures[name] += 1
             self.alarms.append((name, detail))
-        if self.policy == "stop" and not self._stop.is_set():
-            self._stop.set()
-            self.set_ready(False)
-        self._each("alarm", name, detail)
+        if not self._closing:
+            if self.policy == "stop" and not self._stop.is_set():
+                self._stop.set()
+                self.set_ready(False)
+            self._each("alarm", name, detail)
         if self.on_alarm is not None:
             try:
                 self.on_alarm(name, detail)

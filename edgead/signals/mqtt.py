@@ -85,7 +85,8 @@ class MqttSink(SinkBase):
                 raise EdgeADError(f"mqtt output '{cfg.name}': TLS set-up failed: {err}",
                                   "check ca_certs / certfile / keyfile paths") from None
             c.tls_insecure_set(cfg.tls_insecure)
-        c.reconnect_delay_set(min_delay=cfg.reconnect_min_ms / 1000,  # type: ignore[arg-type]  (floats work)
+        # Typed int, but the delays are used as float seconds: sub-second reconnects work.
+        c.reconnect_delay_set(min_delay=cfg.reconnect_min_ms / 1000,  # type: ignore[arg-type]
                               max_delay=cfg.reconnect_max_ms / 1000)  # type: ignore[arg-type]
         c.max_inflight_messages_set(cfg.window)
         c.on_connect = self._on_connect
@@ -113,8 +114,9 @@ class MqttSink(SinkBase):
         self._ok()
 
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+        was_connected = self._connected.is_set()
         self._connected.clear()
-        if not self._closing:
+        if was_connected and not self._closing:    # a refused connect was reported by _on_connect
             self._fail(f"lost the broker {self.target} ({reason}); events wait in the outbox")
 
     def _on_connect_fail(self, client: Any, userdata: Any) -> None:

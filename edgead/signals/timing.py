@@ -23,14 +23,14 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable, Generic, TypeVar
+from typing import Callable, Generic, TypeVar, cast
 
 from edgead.protocols import InspectionEvent
 from edgead.signals import SinkBase
 from edgead.signals.config import EncoderConfig, TimedConfig
 
 Clock = Callable[[], float]
-Wait = Callable[[threading.Condition, "float | None"], None]
+Wait = Callable[[threading.Condition, "float | None"], object]
 T = TypeVar("T")
 EPS = 1e-9          # positions this close count as equal (float sums of delays and widths)
 
@@ -119,7 +119,7 @@ class Scheduler:
                 elif kind == "end" and self._on_end is not None:
                     self._on_end()
                 elif kind == "missed" and self._on_missed is not None:
-                    event, late = arg  # type: ignore[misc]
+                    event, late = cast("tuple[InspectionEvent, float]", arg)
                     self._on_missed(event, late)
             except Exception as err:
                 if self._on_error is None:
@@ -402,7 +402,7 @@ def build_encoder(cfg: EncoderConfig, on_error: Callable[[BaseException], None] 
 
 
 class TimedSink(SinkBase):
-    """A sink that physically kicks the part: reject() queues a pulse, `_set(on)` drives the output.
+    """A sink that physically kicks the part: reject() queues a pulse; the scheduler's thread drives it.
 
     Subclasses implement `_start(events)` / `_end()` (the I/O, on the scheduler's thread) and may
     pass width=0 and no `_end` for outputs that send one message per part (serial, modbus set mode).
