@@ -160,6 +160,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     return int(summary["exit_code"])
 
 
+def cmd_signals_test(args: argparse.Namespace) -> int:
+    from edgead.signals.test_pulse import signals_test
+
+    return signals_test(args.config)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edgead", description="Anomaly detection for factory cameras: "
                                      "train on good parts, inspect every part in milliseconds.")
@@ -268,6 +274,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=["auto", "tensorrt", "onnxruntime"])
     p.add_argument("--precision", choices=["fp16", "fp32"])
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("signals", help="reject outputs: `edgead signals test --config run.yaml`")
+    signals_sub = p.add_subparsers(dest="signals_verb", metavar="ACTION", required=True)
+    q = signals_sub.add_parser("test", help="fire one test pulse on every configured output (wiring check); "
+                               "exit 0 only when every output answered")
+    q.add_argument("--config", required=True, help="run YAML with an `outputs:` list")
+    q.set_defaults(func=cmd_signals_test)
 
     p = sub.add_parser("demo", help="the whole story on a synthetic product, no camera or GPU needed")
     p.add_argument("--out", default="demo-out", help="working folder (default: demo-out)")

@@ -30,3 +30,14 @@ def test_quick_demo_trains_evaluates_and_prints_metrics(tmp_path, capsys):
 def test_demo_on_a_folder_that_is_not_mvtec(tmp_path, capsys):
     assert main(["demo", "--data", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     assert "not an MVTec-layout category" in capsys.readouterr().err
+
+
+def test_signals_test_cli(tmp_path, capsys):
+    assert main(["signals", "test", "--config", str(tmp_path / "none.yaml")]) == 2
+    assert "run config not found" in capsys.readouterr().err
+    cfg = tmp_path / "run.yaml"
+    log = tmp_path / "events.jsonl"
+    cfg.write_text(f"outputs:\n  - type: log\n    path: {log}\n")
+    assert main(["signals", "test", "--config", str(cfg)]) == 0
+    assert "OK" in capsys.readouterr().out
+    assert log.read_text().strip()
