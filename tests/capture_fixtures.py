@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Iterator
@@ -55,6 +56,7 @@ class FakeGigECamera:
 
         if self.running:
             return
+        wait_for_released_cameras()
         self.proc = subprocess.Popen([FAKE_CAMERA, "-i", self.ip, "-s", self.serial],
                                      stdout=self._log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + wait_s
@@ -88,6 +90,17 @@ class FakeGigECamera:
         self.stop()
         self._log.close()
         os.unlink(self._log.name)
+
+
+def wait_for_released_cameras(timeout_s: float = 15.0) -> None:
+    """Let Aravis finish cleaning up after a killed camera (GigESource.close runs it in a thread).
+
+    Its late register writes (stream stop, leave control) would otherwise reach the *restarted* fake
+    camera, which, unlike a real one, accepts writes from a program that does not control it.
+    """
+    deadline = time.monotonic() + timeout_s
+    for thread in [t for t in threading.enumerate() if t.name.endswith(" release")]:
+        thread.join(max(deadline - time.monotonic(), 0.0))
 
 
 @pytest.fixture(scope="module")
