@@ -217,7 +217,7 @@ def run(cfg: RunConfig, *, force: bool = False, detector: Any = None, source: Fr
 
         def output_alarm(name: str, detail: str) -> None:
             reason = f"output {name}: {detail}"
-            alarm_box[0](reason, key="output_failure") if alarm_box else log(f"ALARM: {reason}")
+            alarm_box[0](reason, key="output_failure", notify=False) if alarm_box else log(f"ALARM: {reason}")
 
         if sinks is None:
             sinks = _open_outputs(cfg, output_alarm, log)
@@ -228,14 +228,8 @@ def run(cfg: RunConfig, *, force: bool = False, detector: Any = None, source: Fr
         source.open()
         closers.append(source.close)
         vrange = heat_range(calibration)
-        recorder = None
-        if cfg.record.dir:
-            from edgead.runtime.recorder import Recorder
-
-            recorder = Recorder(cfg.record, spec, vrange, metrics, log)
-            closers.append(lambda: recorder.close({"summary": None, "error": "the run did not start or end cleanly"}))
         live = http = None
-        if cfg.http.listen:
+        if cfg.http.listen:  # bound before anything is written: a busy port fails the start cleanly
             from edgead.runtime.http import HttpView, LiveView
 
             host, port = parse_listen(cfg.http.listen)
@@ -243,6 +237,15 @@ def run(cfg: RunConfig, *, force: bool = False, detector: Any = None, source: Fr
                 log(f"WARNING: the live view and metrics are served on {host}:{port}, reachable from other "
                     "machines (no authentication); use 127.0.0.1 unless that is intended")
             live = LiveView(spec, vrange)
+            http = HttpView(host, port, live, lambda: _health(loop, sinks) if loop else {"status": "starting"},
+                            metrics.render, cfg.http.max_fps)
+            closers.append(http.stop)
+        recorder = None
+        if cfg.record.dir:
+            from edgead.runtime.recorder import Recorder
+
+            recorder = Recorder(cfg.record, spec, vrange, metrics, log)
+            closers.append(lambda: recorder.close({"summary": None, "error": "the run did not start or end cleanly"}))
         if cfg.camera.live == "auto":  # a source may say what it is; else a file or folder is a replay
             wait = getattr(source, "live", None) is False or _is_replay(cfg.camera.source or "")
         else:
@@ -254,11 +257,8 @@ def run(cfg: RunConfig, *, force: bool = False, detector: Any = None, source: Fr
                     on_alarm=_alarm_outputs(sinks))
         loop.warnings.extend(warnings)
         alarm_box.append(loop.alarm)
-        if live is not None:
-            host, port = parse_listen(cfg.http.listen)  # type: ignore[arg-type]
-            http = HttpView(host, port, live, lambda: _health(loop, sinks), metrics.render, cfg.http.max_fps)
+        if http is not None:
             http.start()
-            closers.append(http.stop)
             log(f"live view on http://{http.address[0]}:{http.address[1]}/ (/health, /metrics)")
         run_info = {"edgead_version": __version__, "started": datetime.now(timezone.utc).isoformat(),
                     "engine": {"path": str(cfg.engine), "fingerprint": detector.fingerprint,

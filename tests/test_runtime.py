@@ -503,7 +503,8 @@ def test_run_config_keys_and_values(tmp_path):
                        ({"safe_action": "pass"}, "'safe_action' has a bad value"),
                        ({"trigger": True, "every_nth": 2}, "both set"),
                        ({"roi": [0, 0, 10]}, "'roi'"),
-                       ({"http": "localhost:http"}, "'http.listen'")):
+                       ({"http": "localhost:http"}, "'http.listen'"),
+                       ({"outputs": [{"type": "log", "pth": "x"}]}, "pth")):
         with pytest.raises(EdgeADError, match=match):
             from_dict(bad)
     path = tmp_path / "run.yaml"

@@ -32,7 +32,7 @@ to the default is exactly the failure an inspection station cannot afford.
     http:                             # or just `http: 127.0.0.1:8080`
       listen: null                    # PORT or HOST:PORT; a bare port binds 127.0.0.1
       max_fps: 10
-    outputs: []                       # reject outputs, passed to edgead.signals.build_sinks
+    outputs: []                       # reject outputs (edgead.signals.config: - type: gpio|modbus|mqtt|...)
     on_sink_failure: alarm            # alarm | stop
     allow_degraded: false             # start even when an output reports unhealthy
 """
@@ -211,10 +211,11 @@ class RunConfig:
         self.record.validate()
         self.http.validate()
         _check("outputs", self.outputs, "list")
-        for i, o in enumerate(self.outputs):
-            _check(f"outputs[{i}]", o, "dict")
         if self.on_sink_failure not in SINK_FAILURE:
             raise _bad("on_sink_failure", self.on_sink_failure, " or ".join(SINK_FAILURE))
+        from edgead.signals.config import parse_outputs
+
+        parse_outputs({"outputs": self.outputs, "on_sink_failure": self.on_sink_failure})  # names its bad keys
         _check("allow_degraded", self.allow_degraded, "bool")
 
     def require(self) -> None:

@@ -115,7 +115,8 @@ class HttpView:
 
     def stop(self) -> None:
         self._stopping.set()
-        self.server.shutdown()
+        if self._thread.is_alive():  # shutdown() waits for serve_forever: never call it before start()
+            self.server.shutdown()
         self.server.server_close()
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:

@@ -234,8 +234,11 @@ class Loop:
 
     # ------------------------------------------------------------ alarms
 
-    def alarm(self, reason: str, key: str | None = None) -> None:
-        """Counted always (by `key`, a short label); logged at most once a second per key; dumps the ring."""
+    def alarm(self, reason: str, key: str | None = None, notify: bool = True) -> None:
+        """Counted always (by `key`, a short label); logged at most once a second per key; dumps the ring.
+
+        notify=False: the alarm outputs already know (an output failure reported by the SinkGroup).
+        """
         key = key or reason_key(reason)
         self.metrics.alarms.inc(reason=key)
         now = time.monotonic()
@@ -247,7 +250,7 @@ class Loop:
                 self._alarm_logged[key] = now
         if not quiet:
             self.log(f"ALARM: {reason}")
-            if self.on_alarm is not None:
+            if self.on_alarm is not None and notify:
                 try:
                     self.on_alarm(reason)
                 except Exception as e:
