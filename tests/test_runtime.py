@@ -310,6 +310,22 @@ def test_source_that_raises_is_reopened(engine, calibration, detector, frames):
     assert summary["safe_actions_by_reason"] == {"frame_lost": 1}
 
 
+def test_camera_lost_behind_reconnecting_source(engine, calibration, detector, frames):
+    """The capture module's ReconnectingSource swallows the error: the loop alarms, counts the reconnect,
+    and the frame lost meanwhile is still a part that gets the safe action."""
+    from edgead.capture import Backoff, ReconnectingSource
+
+    images, _ = frames
+    src = ReconnectingSource(ListSource(images[:6], raise_at={3}), Backoff(initial_s=0.01))
+    src.live = True  # type: ignore[attr-defined]
+    logs: list[str] = []
+    summary, sink, _ = _run(engine, calibration, detector, src, logs=logs, deadline_ms=5000)
+    _check_every_part_once(summary, sink, 6)
+    assert {e.seq: e.reason for e in sink.events}[3] == "frame lost"
+    assert summary["reconnects"] == 1 and summary["camera_errors"] == 0
+    assert any("ALARM: camera lost" in line for line in logs)
+
+
 def test_replay_that_raises_stops_with_its_error(engine, calibration, detector, frames):
     images, _ = frames
     with pytest.raises(EdgeADError, match="camera unplugged"):
