@@ -35,7 +35,12 @@ def run_one(name: str, root: Path, preset: str, fusions: list[str], out: Path, o
     cfg = load_config(preset, config_file, overrides=overrides)
     model_dir = out / "models" / f"{name}-{preset}"
     try:
-        result = train(root / "train" / "good", model_dir, cfg, overwrite=True, progress=False, log=lambda s: None)
+        if _finished_with(model_dir, cfg):
+            pass                                     # rerun of an interrupted benchmark: keep the model
+        else:
+            resume = (model_dir / "checkpoint" / "last.pt").is_file() and not (model_dir / "metadata.json").is_file()
+            train(root / "train" / "good", model_dir, cfg, overwrite=True, resume=resume, progress=False,
+                  log=lambda s: None)
     except EdgeADError as err:
         return [{"dataset": name, "preset": preset, "fusion": f, "skipped": str(err)} for f in fusions]
     model, meta = load_model(model_dir)
@@ -51,12 +56,23 @@ def run_one(name: str, root: Path, preset: str, fusions: list[str], out: Path, o
                                       scores, maps, masks).to_dict()
         rows.append({"dataset": name, "preset": preset, "fusion": fusion,
                      "input": f"{cfg.input.height}x{cfg.input.width}", "epochs": cfg.train.epochs,
-                     "train_s": result.metadata["training"]["seconds"],
-                     "s_per_epoch": result.metadata["training"]["seconds_per_epoch"],
+                     "train_s": meta["training"]["seconds"],
+                     "s_per_epoch": meta["training"]["seconds_per_epoch"],
                      "ms_per_image": round(1000 * infer_s / len(kept), 1), **report})
         print(json.dumps({k: rows[-1][k] for k in ("dataset", "preset", "fusion", "image_auroc", "pixel_auroc",
                                                    "aupro", "f1_max", "train_s")}), flush=True)
     return rows
+
+
+def _finished_with(model_dir: Path, cfg: Any) -> bool:
+    """A complete model trained with exactly this config (and not interrupted) is reused."""
+    import yaml
+
+    meta, config = model_dir / "metadata.json", model_dir / "config.yaml"
+    if not (meta.is_file() and config.is_file()):
+        return False
+    done = json.loads(meta.read_text())["training"]
+    return yaml.safe_load(config.read_text()) == cfg.to_dict() and not done["interrupted"]
 
 
 def markdown(rows: list[dict], command: str) -> str:
