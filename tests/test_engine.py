@@ -66,8 +66,8 @@ def test_fp16_graph_runs_close_to_fp32(engine, tiny_product):
     assert np.isfinite(m16).all()
     # FP16 features shift the scores (docs/benchmarks.md measures it on trained models, and calibration
     # is done on the engine that runs): here only that the FP16 path tracks FP32 within a small part of
-    # the score spread, so parts far from the threshold keep their decision.
-    assert float(np.max(np.abs(s16 - s32) / np.abs(s32))) < 0.25
+    # the score spread, so parts far from the threshold keep their decision. (Additive-fused scores sit
+    # around 0 on good parts, so a drift relative to the score itself would mean nothing.)
     assert float(np.abs(s16 - s32).max()) < 0.1 * float(np.ptp(s32))
 
 
@@ -77,7 +77,8 @@ def test_batches_larger_than_max_batch_are_split(engine, tiny_product):
     assert det.max_batch == 4 and len(x) > 4
     s_all, _ = det.infer(x)
     s_one = np.concatenate([det.infer(x[i:i + 1])[0] for i in range(len(x))])
-    assert np.allclose(s_all, s_one, rtol=1e-5, atol=1e-6)
+    # Same scores up to float rounding (kernels differ with the batch size).
+    assert np.allclose(s_all, s_one, rtol=1e-4, atol=1e-5 * float(np.ptp(s_all)))
 
 
 def test_wrong_input_shape_is_refused(engine):

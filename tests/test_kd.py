@@ -74,6 +74,7 @@ def test_fusion(fusion):
 
 def test_dual_model_shapes_and_frozen_teachers():
     cfg = load_config("edge", overrides={"input": {"height": 64, "width": 96}})
+    cfg.pairs[1].student.init = "teacher"          # as the paper's B0 student
     model = DualKD(cfg)
     # The deep student starts as an exact copy of its teacher.
     deep = model.pairs[1]
