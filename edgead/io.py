@@ -41,6 +41,11 @@ def atomic_write_json(path: str | Path, obj: Any) -> Path:
     return atomic_write_text(path, text + "\n")
 
 
+def json_line(obj: Any) -> str:
+    """Strict one-line JSON (NaN and infinity become null) for event logs and messages."""
+    return json.dumps(_finite(obj), default=_json_default, allow_nan=False, separators=(",", ":"))
+
+
 def _finite(obj: Any) -> Any:
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None

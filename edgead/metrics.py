@@ -266,7 +266,6 @@ def aupro(masks: MaskStack, maps: MaskStack, max_fpr: float = 0.3, num_threshold
     normal = normal.astype(ft, copy=False)
     normal.sort()
     thr = _pro_thresholds(normal, max_fpr, num_thresholds)  # ascending
-    n_thr = thr.size
 
     # PRO(t) = (1/R) * sum over defect pixels >= t of 1/|own region|: one weighted
     # histogram of "how many thresholds each pixel clears", no region x threshold table.

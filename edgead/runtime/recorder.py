@@ -19,8 +19,6 @@ current run's events.jsonl and run.json are never deleted.
 from __future__ import annotations
 
 import collections
-import json
-import math
 import os
 import queue
 import sys
@@ -34,7 +32,7 @@ import cv2
 import numpy as np
 
 from edgead.figures import heatmap_overlay
-from edgead.io import atomic_write_bytes, atomic_write_json
+from edgead.io import atomic_write_bytes, atomic_write_json, json_line
 from edgead.preprocess import PreprocessSpec, to_display
 from edgead.protocols import InspectionEvent
 from edgead.runtime.config import RecordConfig
@@ -44,22 +42,10 @@ EVENT_BUFFER = 4096        # event lines waiting for the disk (a line is ~300 by
 CLOSE_TIMEOUT_S = 15.0     # at exit, how long queued images may take before they are given up
 
 
-def _finite(obj: Any) -> Any:
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return _finite(obj.item())
-    return obj
-
-
 def event_line(pid: int, event: InspectionEvent, images: list[str]) -> str:
     """One strict-JSON line (NaN scores become null)."""
     d = {"id": pid, **event.to_dict(), "images": images}
-    return json.dumps(_finite(d), allow_nan=False, default=str, separators=(",", ":")) + "\n"
+    return json_line(d) + "\n"
 
 
 def _png(rgb: np.ndarray) -> bytes:

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any, TextIO
 
-from edgead.io import _finite, _json_default
+from edgead.io import json_line
 from edgead.protocols import InspectionEvent
 from edgead.signals import SinkBase
 from edgead.signals.config import LogConfig
@@ -22,7 +22,7 @@ def event_json(event: InspectionEvent, **extra: Any) -> str:
     """Strict one-line JSON of the event (NaN -> null), with extra top-level fields (e.g. line)."""
     data = event.to_dict()
     data.update(extra)
-    return json.dumps(_finite(data), default=_json_default, allow_nan=False, separators=(",", ":"))
+    return json_line(data)
 
 
 def utc_now() -> str:
