@@ -121,3 +121,17 @@ def test_a_typo_in_any_output_opens_none_of_them(tmp_path):
     with pytest.raises(EdgeADError, match=r"outputs\[1\] \(log\): unknown key 'pth'"):
         build_sinks([{"type": "log", "path": str(tmp_path / "a.jsonl")}, {"type": "log", "pth": "b"}])
     assert not (tmp_path / "a.jsonl").exists()
+
+
+def test_secret_from_an_unset_environment_variable_is_named(monkeypatch):
+    from edgead.errors import EdgeADError
+    from edgead.signals.config import resolve_secret
+
+    monkeypatch.delenv("EDGEAD_TEST_UNSET_SECRET", raising=False)
+    assert resolve_secret("mqtt", "plc", "password", "inline", "") == "inline"
+    with pytest.raises(EdgeADError) as err:
+        resolve_secret("webhook", "mes", "token", "", "EDGEAD_TEST_UNSET_SECRET")
+    assert "webhook output 'mes': environment variable EDGEAD_TEST_UNSET_SECRET is not set" in str(err.value)
+    assert "set token: in the config" in err.value.hint
+    monkeypatch.setenv("EDGEAD_TEST_UNSET_SECRET", "s3cret")
+    assert resolve_secret("webhook", "mes", "token", "", "EDGEAD_TEST_UNSET_SECRET") == "s3cret"

@@ -14,6 +14,7 @@ So every unknown key, missing key and bad value is an EdgeADError naming the out
 
 from __future__ import annotations
 
+import os
 import string
 import types
 from dataclasses import dataclass, field, fields
@@ -350,3 +351,17 @@ def load_outputs(path: str | Path) -> OutputsConfig:
     except yaml.YAMLError as err:
         raise EdgeADError(f"run config {path} is not valid YAML: {err}", "check the indentation near that line") from None
     return parse_outputs(data or {})
+
+
+def resolve_secret(kind: str, name: str, key: str, value: str, env_var: str) -> str:
+    """A password or token given inline, or read from the environment variable named by `<key>_env`.
+
+    An empty variable is an error at start, never a silent anonymous connection.
+    """
+    if not env_var:
+        return value
+    secret = os.environ.get(env_var, "")
+    if not secret:
+        raise EdgeADError(f"{kind} output '{name}': environment variable {env_var} is not set",
+                          f"export it before starting, or set {key}: in the config")
+    return secret

@@ -11,7 +11,6 @@ at every connect; the broker publishes the last will "offline" if edgead vanishe
 from __future__ import annotations
 
 import json
-import os
 import socket
 import threading
 import time
@@ -20,7 +19,7 @@ from typing import Any, NamedTuple
 from edgead.errors import EdgeADError
 from edgead.protocols import InspectionEvent
 from edgead.signals import SinkBase
-from edgead.signals.config import MqttConfig, render_template
+from edgead.signals.config import MqttConfig, render_template, resolve_secret
 from edgead.signals.log import event_json, utc_now
 from edgead.signals.timing import Worker
 
@@ -70,12 +69,7 @@ class MqttSink(SinkBase):
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311,
                         clean_session=True)
         c.will_set(self.topic_status, "offline", qos=1, retain=True)
-        password = cfg.password
-        if cfg.password_env:
-            password = os.environ.get(cfg.password_env, "")
-            if not password:
-                raise EdgeADError(f"mqtt output '{cfg.name}': environment variable {cfg.password_env} is not set",
-                                  "export it before starting, or set password: in the config")
+        password = resolve_secret("mqtt", cfg.name, "password", cfg.password, cfg.password_env)
         if cfg.username:
             c.username_pw_set(cfg.username, password or None)
         if cfg.tls:

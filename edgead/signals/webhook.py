@@ -8,17 +8,15 @@ alarm raised. Standard library only (urllib), so it works wherever edgead does.
 
 from __future__ import annotations
 
-import os
 import socket
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 
-from edgead.errors import EdgeADError
 from edgead.protocols import InspectionEvent
 from edgead.signals import SinkBase
-from edgead.signals.config import WebhookConfig
+from edgead.signals.config import WebhookConfig, resolve_secret
 from edgead.signals.log import event_json, utc_now
 from edgead.signals.timing import Worker
 
@@ -33,12 +31,7 @@ class WebhookSink(SinkBase):
         super().__init__(cfg.name, cfg.url)
         self.cfg = cfg
         self._drop_reported = False
-        token = cfg.token
-        if cfg.token_env:
-            token = os.environ.get(cfg.token_env, "")
-            if not token:
-                raise EdgeADError(f"webhook output '{cfg.name}': environment variable {cfg.token_env} is not set",
-                                  "export it before starting, or set token: in the config")
+        token = resolve_secret("webhook", cfg.name, "token", cfg.token, cfg.token_env)
         self._headers = {"Content-Type": "application/json", "User-Agent": "edgead"}
         if token:
             self._headers["Authorization"] = f"Bearer {token}"
