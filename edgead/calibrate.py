@@ -26,7 +26,7 @@ from edgead import thresholds as T
 from edgead.data.images import good_images, list_images, read_image
 from edgead.data.mvtec import is_mvtec_root, test_samples
 from edgead.errors import EdgeADError
-from edgead.io import atomic_write
+from edgead.io import atomic_write_bytes
 from edgead.preprocess import PreprocessSpec, preprocess
 
 KIND = "edgead-calibration"
@@ -222,14 +222,6 @@ def build_record(good: Scored, defects: Scored | None, target: float, method: st
     return record
 
 
-def _write_bytes(path: Path, data: bytes) -> Path:
-    def write(tmp: Path) -> None:
-        tmp.write_bytes(data)
-        tmp.chmod(0o644)  # the temp file is 0600; a record must be readable by the line's other users
-
-    return atomic_write(path, write)
-
-
 def _yaml_path(out: str | Path) -> Path:
     if Path(out).suffix.lower() not in (".yaml", ".yml"):
         raise EdgeADError(f"--out {out} must be a .yaml file", "e.g. --out calibration/NAME.yaml")
@@ -241,15 +233,15 @@ def write_record(record: dict[str, Any], out: str | Path, good: np.ndarray,
     """Figure (of these decision scores) and table first, the YAML last: it never names missing files."""
     out = _yaml_path(out)
     record["files"]["figure"] = out.with_suffix(".png").name
-    _write_bytes(out.with_suffix(".png"), _png(draw_figure(record, good, defects)))
+    atomic_write_bytes(out.with_suffix(".png"), _png(draw_figure(record, good, defects)))
     if record["defects"] is not None:
         record["files"]["table"] = out.with_suffix(".csv").name
         rows = ["threshold,false_reject_rate,escape_rate,f1"]
         rows += [f"{r['threshold']!r},{r['false_reject_rate']!r},{r['escape_rate']!r},{r['f1']!r}"
                  for r in record["defects"]["trade_off"]]
-        _write_bytes(out.with_suffix(".csv"), ("\n".join(rows) + "\n").encode())
+        atomic_write_bytes(out.with_suffix(".csv"), ("\n".join(rows) + "\n").encode())
     text = yaml.safe_dump(record, sort_keys=False, default_flow_style=None, width=120, allow_unicode=True)
-    return _write_bytes(out, text.encode())
+    return atomic_write_bytes(out, text.encode())
 
 
 def calibrate(engine: str | Path, good: str | Path, defects: str | Path | None = None, target_frr: float = 0.001,
