@@ -34,6 +34,11 @@ class TeacherGraph(nn.Module):
     def __init__(self, model: DualKD) -> None:
         super().__init__()
         self.model = model
+        # Inference only. A new nn.Module starts in training mode, and torch.onnx.export restores the
+        # exported module's mode after tracing: left in training mode, the model's next forward pass
+        # (the shape probe in _export_graphs) would update the students' BatchNorm running statistics
+        # with the random probe batch, and every later export (the FP16 graph) would carry them.
+        self.eval()
 
     def forward(self, image: Tensor) -> tuple[Tensor, ...]:
         return tuple(f for pair in self.model.pairs for f in pair.teacher_features(image))
@@ -53,6 +58,7 @@ class StudentGraph(nn.Module):
         super().__init__()
         self.model = model
         self.map_size = map_size
+        self.eval()        # inference only: see TeacherGraph
 
     def student_features(self, image: Tensor) -> list[list[Tensor]]:
         return [pair.student_features(image) for pair in self.model.pairs]
