@@ -90,7 +90,8 @@ def print_metrics(result: dict) -> None:
 def cmd_demo(args: argparse.Namespace) -> int:
     from edgead.demo import run_demo
 
-    run_demo(Path(args.out), quick=args.quick, data=args.data, epochs=args.epochs, seed=args.seed)
+    run_demo(Path(args.out), quick=args.quick, data=args.data, epochs=args.epochs, seed=args.seed,
+             report_dir=Path(args.report))
     return 0
 
 
@@ -282,9 +283,11 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--config", required=True, help="run YAML with an `outputs:` list")
     q.set_defaults(func=cmd_signals_test)
 
-    p = sub.add_parser("demo", help="the whole story on a synthetic product, no camera or GPU needed")
+    p = sub.add_parser("demo", help="the whole line on a synthetic product (train, engines, calibration, a conveyor "
+                       "run) with an HTML report; no camera or GPU needed")
     p.add_argument("--out", default="demo-out", help="working folder (default: demo-out)")
-    p.add_argument("--quick", action="store_true", help="smaller and faster, for smoke tests")
+    p.add_argument("--report", default="demo-report", help="report folder (default: demo-report)")
+    p.add_argument("--quick", action="store_true", help="smaller and faster (about a minute), for smoke tests")
     p.add_argument("--data", help="run on your own MVTec-layout category instead of a synthetic one")
     p.add_argument("--epochs", type=int)
     p.add_argument("--seed", type=int, default=0)

@@ -1,4 +1,4 @@
-"""`edgead synth` and `edgead demo --quick` through the CLI."""
+"""`edgead synth`, `edgead demo` argument errors and `edgead signals test` through the CLI (the quick demo: test_demo.py)."""
 
 from pathlib import Path
 
@@ -17,14 +17,6 @@ def test_synth_cli_unknown_category(tmp_path, capsys):
     assert main(["synth", "--out", str(tmp_path), "--category", "gears"]) == 2
     err = capsys.readouterr().err
     assert "unknown synthetic category 'gears'" in err and "washer" in err
-
-
-def test_quick_demo_trains_evaluates_and_prints_metrics(tmp_path, capsys):
-    assert main(["demo", "--quick", "--epochs", "1", "--out", str(tmp_path)]) == 0
-    out = capsys.readouterr().out
-    assert "image AUROC" in out and "[demo] training:" in out
-    assert (tmp_path / "eval" / "eval.json").is_file()
-    assert (tmp_path / "model" / "metadata.json").is_file()
 
 
 def test_demo_on_a_folder_that_is_not_mvtec(tmp_path, capsys):
