@@ -15,8 +15,6 @@ from typing import Any, Callable
 from edgead import __version__
 from edgead.backends.manifest import FORMAT, tensorrt_usable, write_manifest
 from edgead.errors import EdgeADError
-from edgead.export import export_onnx, export_onnx_fp16
-from edgead.model.artifact import load_model
 
 
 def build_engine(model_dir: str | Path, out: str | Path | None = None, *, backend: str = "auto",
@@ -34,6 +32,9 @@ def build_engine(model_dir: str | Path, out: str | Path | None = None, *, backen
         raise EdgeADError("TensorRT is not usable on this machine (tensorrt or cuda-python missing, or no GPU)",
                           'install it with pip install "edgead[trt]" on the Jetson/GPU box, or use --backend onnxruntime')
     use_trt = backend == "tensorrt" or (backend == "auto" and tensorrt_usable())
+    from edgead.export import export_onnx, export_onnx_fp16   # torch: the workstation side
+    from edgead.model.artifact import load_model
+
     start = time.perf_counter()
     model, metadata = load_model(model_dir, "cpu")
     out.mkdir(parents=True, exist_ok=True)
@@ -67,6 +68,7 @@ def build_engine(model_dir: str | Path, out: str | Path | None = None, *, backen
         "input": {"name": "image", "shape": ["batch", 3, model.cfg.input.height, model.cfg.input.width],
                   "dtype": "float32"},
         "feature_names": graphs["feature_names"],
+        "feature_shapes": graphs["feature_shapes"],   # lets `build-engine --engine` build TensorRT plans on the device
         "outputs": {"map": map_shape, "score": ["batch"]},
         "map_size": [int(map_shape[2]), int(map_shape[3])],
         "max_batch": max_batch,

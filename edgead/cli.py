@@ -96,9 +96,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_build_engine(args: argparse.Namespace) -> int:
+    if args.engine:
+        from edgead.rebuild import rebuild_tensorrt
+
+        if args.out or args.map_size or args.backend not in ("auto", "tensorrt"):
+            raise EdgeADError("--engine rebuilds TensorRT engines in that folder; --out, --map-size and --backend "
+                              "onnxruntime belong to --model", "drop them, or export again with --model")
+        rebuild_tensorrt(args.engine, precision=args.precision, max_batch=args.max_batch_given,
+                         workspace_mib=args.workspace, dla_core=args.dla)
+        return 0
     from edgead.build_engine import build_engine
 
-    build_engine(args.model, args.out, backend=args.backend, precision=args.precision, max_batch=args.max_batch,
+    build_engine(args.model, args.out, backend=args.backend, precision=args.precision,
+                 max_batch=8 if args.max_batch_given is None else args.max_batch_given,
                  workspace_mib=args.workspace, dla_core=args.dla,
                  map_size=tuple(args.map_size) if args.map_size else None)
     return 0
@@ -207,12 +217,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("build-engine", help="export ONNX and build the engines that run on the line")
-    p.add_argument("--model", required=True, help="model folder written by `edgead train`")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", help="model folder written by `edgead train` (export ONNX, then build)")
+    src.add_argument("--engine", help="engine folder exported elsewhere: build its TensorRT engines on this device "
+                     "(a Jetson), no torch needed")
     p.add_argument("--out", help="engine folder (default: engines/<model name>)")
     p.add_argument("--backend", choices=["auto", "tensorrt", "onnxruntime"], default="auto",
                    help="auto: TensorRT where usable, else ONNX Runtime")
     p.add_argument("--precision", choices=["fp16", "fp32"], default="fp16", help="TensorRT precision")
-    p.add_argument("--max-batch", type=int, default=8)
+    p.add_argument("--max-batch", type=int, dest="max_batch_given", metavar="N", help="largest batch (default 8; with --engine: "
+                   "the folder's)")
     p.add_argument("--workspace", type=int, default=1024, help="TensorRT workspace limit in MiB")
     p.add_argument("--dla", type=int, help="Jetson DLA core (GPU fallback for unsupported layers)")
     p.add_argument("--map-size", type=int, nargs=2, metavar=("H", "W"),

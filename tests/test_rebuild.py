@@ -1,0 +1,112 @@
+"""`edgead build-engine --engine DIR`: TensorRT plans built on the device from an exported folder.
+
+TensorRT cannot run here, so `build_engines` is replaced by a stand-in that writes plan files the
+way the real one does; what is tested is ours: no torch on this path, the ONNX graphs checked
+against the manifest first, the manifest rewritten so the ONNX Runtime entries (and calibrations
+made with them) stay valid.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+
+import pytest
+
+from edgead.backends import load_detector
+from edgead.cli import main
+from edgead.errors import EdgeADError
+
+
+@pytest.fixture()
+def exported(tiny_model, tmp_path_factory):
+    from edgead.build_engine import build_engine
+
+    out = tmp_path_factory.mktemp("exported") / "tiny"
+    build_engine(tiny_model, out, max_batch=4, log=lambda s: None)
+    return out
+
+
+@pytest.fixture()
+def fake_trt(monkeypatch):
+    calls = []
+
+    def build_engines(engine_dir, onnx_files, precision, max_batch, input_hw, feature_shapes, workspace_mib=1024,
+                      dla_core=None, strongly_typed_fp16_onnx=None):
+        calls.append(dict(onnx_files=onnx_files, precision=precision, max_batch=max_batch, input_hw=input_hw,
+                          feature_shapes=feature_shapes, dla_core=dla_core, fp16=strongly_typed_fp16_onnx))
+        files = {}
+        for role in ("teacher", "student"):
+            (engine_dir / f"{role}.{precision}.plan").write_bytes(f"plan {role}".encode())
+            files[role] = f"{role}.{precision}.plan"
+        return {"backend": "tensorrt", "precision": precision, "files": files,
+                "device": {"gpu": "Orin", "compute_capability": "8.7", "tensorrt": "10.3.0", "dla_core": dla_core}}
+
+    import edgead.backends.tensorrt as trt_backend
+    import edgead.rebuild as rebuild
+
+    monkeypatch.setattr(trt_backend, "build_engines", build_engines)
+    monkeypatch.setattr(rebuild, "tensorrt_usable", lambda: True)
+    return calls
+
+
+def test_rebuild_on_device_needs_no_torch_and_keeps_onnx_entries_valid(exported, fake_trt, monkeypatch, capsys):
+    before = json.loads((exported / "manifest.json").read_text())
+    ort_fp = {e["precision"]: e["fingerprint"] for e in before["engines"]}
+    monkeypatch.setitem(sys.modules, "torch", None)     # any `import torch` on this path now fails
+    assert main(["build-engine", "--engine", str(exported), "--dla", "0", "--max-batch", "2"]) == 0
+    assert "TensorRT 10.3.0 fp16 engines built" in capsys.readouterr().out
+    call = fake_trt[0]
+    assert call["onnx_files"] == {"teacher": "teacher.onnx", "student": "student.onnx"}
+    assert call["fp16"] == {"teacher": "teacher.fp16.onnx", "student": "student.fp16.onnx"}
+    assert call["input_hw"] == (64, 64) and call["max_batch"] == 2 and call["dla_core"] == 0
+    assert set(call["feature_shapes"]) == set(before["feature_names"])
+    after = json.loads((exported / "manifest.json").read_text())
+    assert after["engines"][0]["backend"] == "tensorrt" and after["max_batch"] == 2
+    assert {e["precision"]: e["fingerprint"] for e in after["engines"][1:]} == ort_fp
+    assert after["sha256"]["teacher.fp16.plan"]
+    monkeypatch.delitem(sys.modules, "torch")
+    det = load_detector(exported, "onnxruntime")        # the ONNX Runtime path still loads and verifies
+    assert det.fingerprint == ort_fp["fp32"]
+    # building again replaces the TensorRT entry instead of adding a second one
+    assert main(["build-engine", "--engine", str(exported)]) == 0
+    again = json.loads((exported / "manifest.json").read_text())
+    assert [e["backend"] for e in again["engines"]].count("tensorrt") == 1 and again["max_batch"] == 2
+
+
+def test_rebuild_refuses_a_half_copied_folder(exported, fake_trt):
+    from edgead.rebuild import rebuild_tensorrt
+
+    (exported / "student.onnx").write_bytes(b"truncated")
+    with pytest.raises(EdgeADError) as e:
+        rebuild_tensorrt(exported, log=lambda s: None)
+    assert "student.onnx does not match its manifest" in str(e.value)
+    assert fake_trt == []
+    (exported / "student.onnx").unlink()
+    with pytest.raises(EdgeADError, match="missing"):
+        rebuild_tensorrt(exported, log=lambda s: None)
+
+
+def test_rebuild_without_tensorrt_or_with_an_old_manifest(exported, fake_trt, monkeypatch, tmp_path):
+    import edgead.rebuild as rebuild
+
+    old = tmp_path / "old"
+    shutil.copytree(exported, old)
+    m = json.loads((old / "manifest.json").read_text())
+    del m["feature_shapes"]
+    (old / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(EdgeADError, match="predates on-device builds"):
+        rebuild.rebuild_tensorrt(old, log=lambda s: None)
+    monkeypatch.setattr(rebuild, "tensorrt_usable", lambda: False)
+    with pytest.raises(EdgeADError) as e:
+        rebuild.rebuild_tensorrt(exported, log=lambda s: None)
+    assert "TensorRT is not usable" in str(e.value) and "JetPack" in e.value.hint
+
+
+def test_cli_rejects_export_options_with_engine(exported, capsys):
+    assert main(["build-engine", "--engine", str(exported), "--map-size", "32", "32"]) == 2
+    assert "--engine rebuilds TensorRT engines" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["build-engine"])
+    assert "one of the arguments --model --engine is required" in capsys.readouterr().err
