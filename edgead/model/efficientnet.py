@@ -129,12 +129,16 @@ def stage_plan(cfg: EfficientNetConfig) -> tuple[int, list[StagePlan], int]:
 class SameConv2d(nn.Conv2d):
     """Conv2d with TensorFlow "SAME" padding: the odd pixel goes after, not before.
 
-    The pad is computed from the input size at run time; a traced/ONNX export
-    freezes it for the export's input size, which is fixed per model anyway.
+    The pad is computed from the input size at run time; an ONNX export freezes it
+    to plain numbers for the export's input size (fixed per model anyway): a constant
+    Pad is folded into the Conv by the runtimes, a shape-computed one is not (it cost
+    ONNX Runtime a Shape/Gather/Concat chain and a separate Pad per strided conv).
     """
 
     def forward(self, x: Tensor) -> Tensor:
         ih, iw = x.shape[-2:]
+        if torch.onnx.is_in_onnx_export():
+            ih, iw = int(ih), int(iw)
         kh, kw = self.kernel_size
         sh, sw = self.stride
         dh, dw = self.dilation
