@@ -152,7 +152,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     over: dict = {k: v for k, v in (("engine", args.engine), ("calibration", args.calibration),
                                     ("backend", args.backend), ("precision", args.precision),
-                                    ("deadline_ms", args.deadline_ms), ("max_frames", args.max_frames)) if v is not None}
+                                    ("threads", args.threads), ("deadline_ms", args.deadline_ms),
+                                    ("max_frames", args.max_frames)) if v is not None}
     if args.camera is not None:
         over["camera"] = {"source": args.camera}
     if args.trigger:
@@ -288,6 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-degraded", action="store_true", help="start even when an output is unreachable")
     p.add_argument("--backend", choices=["auto", "tensorrt", "onnxruntime"])
     p.add_argument("--precision", choices=["fp16", "fp32"])
+    p.add_argument("--threads", type=int, metavar="N", help="ONNX Runtime CPU threads (default: the backend's)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("signals", help="reject outputs: `edgead signals test --config run.yaml`")

@@ -201,7 +201,7 @@ def run(cfg: RunConfig, *, force: bool = False, detector: Any = None, source: Fr
         if detector is None:
             from edgead.backends import load_detector
 
-            detector = load_detector(cfg.engine, cfg.backend, cfg.precision)  # type: ignore[arg-type]
+            detector = load_detector(cfg.engine, cfg.backend, cfg.precision, cfg.threads)  # type: ignore[arg-type]
         calibration = load_calibration(cfg.calibration, detector, force)  # type: ignore[arg-type]
         if calibration.get("forced"):
             warnings.append("calibration from another engine used because of --force")

@@ -511,12 +511,13 @@ def test_run_config_keys_and_values(tmp_path):
                      "every_nth": 3, "roi": [1, 2, 30, 40]})
     assert cfg.camera.source == "0" and cfg.record.dir == "runs/x" and cfg.http.listen == "8080"
     assert not cfg.trigger_mode and cfg.nth == 3 and cfg.roi == (1, 2, 30, 40)
-    assert from_dict({}).trigger_mode
+    assert from_dict({}).trigger_mode and from_dict({}).threads is None and from_dict({"threads": 1}).threads == 1
     for bad, match in (({"deadline": 5}, "unknown key 'deadline'"),
                        ({"record": {"dir": "x", "quota": 5}}, "unknown key 'record.quota'"),
                        ({"camera": {"source": "0", "exposure": 5}}, "unknown key 'camera.exposure'"),
                        ({"deadline_ms": "fast"}, "'deadline_ms' has a bad value"),
                        ({"safe_action": "pass"}, "'safe_action' has a bad value"),
+                       ({"threads": 0}, "'threads' has a bad value"),
                        ({"trigger": True, "every_nth": 2}, "both set"),
                        ({"roi": [0, 0, 10]}, "'roi'"),
                        ({"http": "localhost:http"}, "'http.listen'"),
@@ -563,3 +564,14 @@ def test_edge_path_imports_no_torch():
     code = ("import sys, edgead.run, edgead.runtime.http, edgead.runtime.recorder, edgead.cli; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_threads_option_reaches_onnx_runtime_and_changes_no_number(engine, detector, frames):
+    from edgead.backends import load_detector
+    from edgead.preprocess import PreprocessSpec, preprocess
+
+    spec = PreprocessSpec.from_dict(json.loads((engine / "manifest.json").read_text())["preprocess"])
+    x = np.stack([preprocess(f, spec) for f in frames[0][:4]])
+    one = load_detector(engine, "onnxruntime", "fp32", threads=1)
+    assert one.teacher.get_session_options().intra_op_num_threads == 1
+    np.testing.assert_allclose(one.infer(x)[0], detector.infer(x)[0], rtol=1e-5, atol=1e-6)

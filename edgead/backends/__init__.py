@@ -24,8 +24,12 @@ class Detector(Protocol):
         ...
 
 
-def load_detector(engine_dir: str | Path, backend: str = "auto", precision: str | None = None) -> Detector:
-    """Open an engine folder with the best usable backend (TensorRT, else ONNX Runtime)."""
+def load_detector(engine_dir: str | Path, backend: str = "auto", precision: str | None = None,
+                  threads: int | None = None) -> Detector:
+    """Open an engine folder with the best usable backend (TensorRT, else ONNX Runtime).
+
+    threads: ONNX Runtime's CPU threads (None: its default); TensorRT runs on the GPU and ignores it.
+    """
     from edgead.backends.manifest import read_manifest, select_engine
 
     manifest = read_manifest(Path(engine_dir))
@@ -36,4 +40,4 @@ def load_detector(engine_dir: str | Path, backend: str = "auto", precision: str 
         return TensorRTDetector(Path(engine_dir), manifest, entry)
     from edgead.backends.onnxruntime import OrtDetector
 
-    return OrtDetector(Path(engine_dir), manifest, entry)
+    return OrtDetector(Path(engine_dir), manifest, entry, threads=threads)

@@ -8,6 +8,8 @@ to the default is exactly the failure an inspection station cannot afford.
     calibration: calibration/washer.yaml   # required
     backend: auto                     # auto | tensorrt | onnxruntime
     precision: null                   # null (the backend's default) | fp16 | fp32
+    threads: null                     # ONNX Runtime CPU threads (null: the backend's default); leave
+                                      #   a core for the camera and outputs on a small box
     camera:                           # or just `camera: gige:Fake_1`
       source: gige:Fake_1             # 0 | file | url | gst:... | folder | gige:ID | genicam:CTI[:SERIAL]
       live: auto                      # auto (a file or folder is a replay: the loop waits for it) | true | false
@@ -156,6 +158,7 @@ class RunConfig:
     calibration: str | None = None
     backend: str = "auto"
     precision: str | None = None
+    threads: int | None = None
     camera: CameraConfig = field(default_factory=CameraConfig)
     roi: tuple[int, int, int, int] | None = None
     trigger: bool | None = None
@@ -186,6 +189,7 @@ class RunConfig:
             raise _bad("backend", self.backend, "auto, tensorrt or onnxruntime")
         if self.precision not in (None, "fp16", "fp32"):
             raise _bad("precision", self.precision, "null, fp16 or fp32")
+        _check("threads", self.threads, "int", 1, optional=True)
         self.camera.validate()
         if self.roi is not None:
             r = self.roi
