@@ -68,10 +68,27 @@ def test_fp16_graph_runs_close_to_fp32(engine, tiny_product):
     s16, m16 = load_detector(engine, "onnxruntime", "fp16").infer(x)
     assert np.isfinite(m16).all()
     # FP16 features shift the scores (docs/benchmarks.md measures it on trained models, and calibration
-    # is done on the engine that runs): here only that the FP16 path tracks FP32 within a small part of
-    # the score spread, so parts far from the threshold keep their decision. (Additive-fused scores sit
-    # around 0 on good parts, so a drift relative to the score itself would mean nothing.)
-    assert float(np.abs(s16 - s32).max()) < 0.1 * float(np.ptp(s32))
+    # is done on the engine that runs): here that the FP16 path tracks FP32 within a small part of the
+    # score spread (measured 0.3 %; 10 % let a broken FP16 export at 8 % through), so parts not within
+    # that of the threshold keep their decision. (Additive-fused scores sit around 0 on good parts, so a
+    # drift relative to the score itself would mean nothing.)
+    tol = 0.02 * float(np.ptp(s32))
+    assert float(np.abs(s16 - s32).max()) <= tol
+    threshold = json.loads((engine / MANIFEST).read_text())["val_good_scores"]["p99"]
+    clear = np.abs(s32 - threshold) > tol
+    assert ((s16 > threshold) == (s32 > threshold))[clear].all()
+
+
+def test_fp16_graph_matches_torch_fp16(engine, tiny_model, tiny_product):
+    """The FP16 ONNX graph computes what Torch with FP16 backbones computes (the reference for FP16)."""
+    x, _ = _images(tiny_product, engine)
+    s16, m16 = load_detector(engine, "onnxruntime", "fp16").infer(x)
+    t16, tm16 = TorchDetector(tiny_model, precision="fp16").infer(x)
+    s32, m32 = TorchDetector(tiny_model).infer(x)
+    # Measured: 0.3-0.7 % of the FP32 spread here (Torch FP16 itself is 0.5 % from FP32); the graph that
+    # carried BatchNorm statistics spoiled by the FP32 export was 8 % off in score and 22 % in map.
+    assert float(np.abs(s16 - t16).max()) <= 0.02 * float(np.ptp(s32))
+    assert float(np.abs(m16 - tm16).max()) <= 0.02 * float(m32.max() - m32.min())
 
 
 def test_batches_larger_than_max_batch_are_split(engine, tiny_product):
