@@ -94,7 +94,20 @@ def _export(module: nn.Module, args: tuple[Tensor, ...], path: Path, input_names
         warnings.simplefilter("ignore")
         torch.onnx.export(module, args, str(tmp), input_names=input_names, output_names=output_names,
                           dynamic_axes=dynamic, opset_version=OPSET, dynamo=False, do_constant_folding=True)
+    _simplify(tmp)
     tmp.replace(path)
+
+
+def _simplify(path: Path) -> None:
+    """Rewrites ONNX Runtime and TensorRT do not do themselves (edgead.onnx_passes); same numbers."""
+    import onnx
+
+    from edgead.onnx_passes import fold_pads_into_convs, prune_dead_nodes
+
+    model = onnx.load(str(path))
+    if fold_pads_into_convs(model):
+        prune_dead_nodes(model)
+        onnx.save(model, str(path))
 
 
 def check_onnx(path: Path) -> dict[str, Any]:

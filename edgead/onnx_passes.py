@@ -58,7 +58,7 @@ def _constant_value(name: str, producers: dict[str, Any], inits: dict[str, np.nd
 
 
 def fold_pads_into_convs(model: Any) -> int:
-    """Fuse zero-constant Pads on H/W into the single Conv they feed (in place); returns how many."""
+    """Fuse zero-constant Pads on H/W into the Convs they feed (only Convs) in place; returns how many."""
     from onnx import helper, numpy_helper
 
     g = model.graph
@@ -72,9 +72,8 @@ def fold_pads_into_convs(model: Any) -> int:
     removed = []
     for pad in [n for n in g.node if n.op_type == "Pad"]:
         users = consumers.get(pad.output[0], [])
-        if len(users) != 1 or users[0].op_type != "Conv" or pad.output[0] in graph_outputs:
+        if not users or any(u.op_type != "Conv" for u in users) or pad.output[0] in graph_outputs:
             continue
-        conv = users[0]
         mode = next((a.s.decode() for a in pad.attribute if a.name == "mode"), "constant")
         if mode != "constant" or len(pad.input) < 2:
             continue
@@ -90,16 +89,17 @@ def fold_pads_into_convs(model: Any) -> int:
         pads = [int(v) for v in pads.reshape(-1)]
         if any(pads[i] != 0 for i in (0, 1, 4, 5)) or min(pads) < 0:   # batch/channel padding, or a crop
             continue
-        attrs = {a.name: a for a in conv.attribute}
-        if "auto_pad" in attrs and attrs["auto_pad"].s not in (b"", b"NOTSET"):
+        if any(a.name == "auto_pad" and a.s not in (b"", b"NOTSET") for u in users for a in u.attribute):
             continue
-        old = list(attrs["pads"].ints) if "pads" in attrs else [0, 0, 0, 0]
-        new = [old[0] + pads[2], old[1] + pads[3], old[2] + pads[6], old[3] + pads[7]]
-        for a in list(conv.attribute):
-            if a.name == "pads":
-                conv.attribute.remove(a)
-        conv.attribute.append(helper.make_attribute("pads", new))
-        conv.input[0] = pad.input[0]
+        for conv in users:          # one Pad can feed several Convs (the exporter merges identical Pads)
+            attrs = {a.name: a for a in conv.attribute}
+            old = list(attrs["pads"].ints) if "pads" in attrs else [0, 0, 0, 0]
+            new = [old[0] + pads[2], old[1] + pads[3], old[2] + pads[6], old[3] + pads[7]]
+            for a in list(conv.attribute):
+                if a.name == "pads":
+                    conv.attribute.remove(a)
+            conv.attribute.append(helper.make_attribute("pads", new))
+            conv.input[0] = pad.input[0]
         removed.append(pad)
     for pad in removed:
         g.node.remove(pad)
