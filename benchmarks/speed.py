@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -19,6 +20,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from edgead.backends import load_detector
+from edgead.backends.onnxruntime import default_threads
 from edgead.backends.torch import TorchDetector
 from edgead.build_engine import build_engine
 from edgead.export import StudentGraph, TeacherGraph
@@ -74,9 +76,12 @@ def main() -> None:
     out = Path(args.out)
     engine = out / "engine"
     build_engine(args.model, engine, max_batch=max(args.batches), log=lambda s: None)
+    cores = len(os.sched_getaffinity(0))
     dets = {"torch eager fp32": TorchDetector(args.model, max_batch=max(args.batches)),
-            "onnxruntime fp32": load_detector(engine, "onnxruntime", "fp32"),
+            f"onnxruntime fp32 ({default_threads()} thread(s), the default)": load_detector(engine, "onnxruntime", "fp32"),
             "onnxruntime fp16 graph": load_detector(engine, "onnxruntime", "fp16")}
+    if cores != default_threads():   # what the default leaves on the table for this one engine
+        dets[f"onnxruntime fp32 ({cores} threads)"] = load_detector(engine, "onnxruntime", "fp32", threads=cores)
     manifest = json.loads((engine / "manifest.json").read_text())
     shape = manifest["input"]["shape"][1:]
     rng = np.random.default_rng(0)
@@ -100,7 +105,8 @@ def main() -> None:
             rows.append({"backend": name, "batch": b, "median_ms": med * 1000, "p90_ms": float(np.percentile(times[(name, b)], 90)) * 1000,
                          "images_per_s": b / med, "speedup_vs_torch": ref / med})
     costs = graph_costs(Path(args.model))
-    result = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+    result = {"machine": f"{platform.processor() or platform.machine()}, {cores} cores, torch {torch.get_num_threads()} "
+                         f"threads, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}",
               "input": shape, "rows": rows, "costs": costs}
     out.mkdir(parents=True, exist_ok=True)
     (out / "speed.json").write_text(json.dumps(result, indent=1))

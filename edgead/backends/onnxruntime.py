@@ -26,13 +26,23 @@ def _import_ort() -> Any:
     return ort
 
 
+def default_threads() -> int:
+    """All cores but one: the run loop's camera, preprocessing and outputs need a core of their own."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores - 1)
+
+
 def session_options(threads: int | None = None) -> Any:
+    """Measured on the 2-core CI box (docs/benchmarks.md, speed): the teacher and student sessions
+    each own a thread pool, and with ONNX Runtime's default spin-waiting the idle pool burns the
+    core the busy one needs (2 threads: 55.7 ms at batch 1, without spinning 20.3 ms, 1 thread
+    19.6 ms). So: no spinning, and one core left to the rest of the loop."""
     ort = _import_ort()
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.intra_op_num_threads = threads or max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                                              else (os.cpu_count() or 1))
+    so.intra_op_num_threads = threads or default_threads()
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     so.inter_op_num_threads = 1
     so.log_severity_level = 3
     return so
