@@ -43,7 +43,7 @@ class TeacherGraph(nn.Module):
         self.eval()
 
     def forward(self, image: Tensor) -> tuple[Tensor, ...]:
-        return tuple(f for pair in self.model.pairs for f in pair.teacher_features(image))
+        return tuple(f for layers in self.model.teacher_features(image) for f in layers)
 
 
 class HalfTeacherGraph(TeacherGraph):
@@ -99,7 +99,7 @@ def _export(module: nn.Module, args: tuple[Tensor, ...], path: Path, input_names
 
 
 def _simplify(path: Path) -> None:
-    """Rewrites ONNX Runtime and TensorRT do not do themselves (edgead.onnx_passes); same numbers."""
+    """Graph rewrites ONNX Runtime does not do itself (edgead.onnx_passes); the numbers stay identical."""
     import onnx
 
     from edgead.onnx_passes import fold_pads_into_convs, prune_dead_nodes

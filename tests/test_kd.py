@@ -92,3 +92,19 @@ def test_dual_model_shapes_and_frozen_teachers():
     maps, scores = model(x)
     assert maps.shape == (2, 1, 64, 96) and scores.shape == (2,)
     assert np.isfinite(scores.detach().numpy()).all()
+
+
+def test_pairs_reading_one_teacher_network_share_its_pass_with_identical_features():
+    cfg = load_config("edge", overrides={"input": {"height": 64, "width": 96}})
+    model = DualKD(cfg).eval()
+    assert model.teacher_groups() == [[0, 1]]          # both pairs read EfficientNet-Lite0: one pass
+    x = torch.randn(2, 3, 64, 96)
+    shared = model.teacher_features(x)
+    separate = [p.teacher_features(x) for p in model.pairs]
+    for a_layers, b_layers in zip(shared, separate):
+        assert len(a_layers) == len(b_layers)
+        for a, b in zip(a_layers, b_layers):
+            assert torch.equal(a, b)
+    # different weights (or another backbone) are never merged
+    other = DualKD(cfg, teacher_weights=False)
+    assert other.teacher_groups() == [[0], [1]]

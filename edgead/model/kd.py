@@ -166,8 +166,49 @@ class DualKD(nn.Module):
         self.head = ScoringHead((cfg.input.height, cfg.input.width), cfg.fusion, cfg.blur_sigma, len(cfg.pairs))
 
     def teacher_features(self, x: Tensor) -> Features:
+        """Every pair's teacher features; pairs whose teachers are one network share one pass."""
         with torch.no_grad():
-            return [p.teacher_features(x) for p in self.pairs]
+            out: list[list[Tensor]] = [[] for _ in self.pairs]
+            for group in self.teacher_groups():
+                if len(group) == 1:
+                    out[group[0]] = self.pairs[group[0]].teacher_features(x)
+                    continue
+                runner = self.pairs[group[-1]]
+                if runner.renorm:
+                    x_in = x * runner.renorm_scale + runner.renorm_shift
+                else:
+                    x_in = x
+                wanted = {name for i in group for name in self.pairs[i].teacher.layers}
+                found: dict[str, Tensor] = {}
+                for name, f in runner.teacher.backbone.forward_stages(x_in):  # type: ignore[operator]
+                    if name in wanted:
+                        found[name] = f
+                        if len(found) == len(wanted):
+                            break
+                for i in group:
+                    out[i] = [self.pairs[i].pool(found[name]) for name in self.pairs[i].teacher.layers]
+            return out
+
+    def teacher_groups(self) -> list[list[int]]:
+        """Pairs whose teachers are the same network (same backbone and input normalisation, one a
+        truncation of the other, equal weights), deepest last: the edge preset's two pairs both read
+        EfficientNet-Lite0, so its stem and early stages (the costly high-resolution part) run once
+        instead of twice. The numbers are exactly those of separate passes."""
+        cached = getattr(self, "_teacher_groups", None)
+        if cached is not None:
+            return cached
+        groups: list[list[int]] = []
+        for i, pair in enumerate(self.pairs):
+            for group in groups:
+                if _same_network(self.pairs[group[0]], pair):
+                    group.append(i)
+                    break
+            else:
+                groups.append([i])
+        for group in groups:
+            group.sort(key=lambda i: len(self.pairs[i].teacher.state_dict()))
+        self._teacher_groups = groups
+        return groups
 
     def student_features(self, x: Tensor) -> Features:
         return [p.student_features(x) for p in self.pairs]
@@ -197,6 +238,17 @@ class DualKD(nn.Module):
                               "or check that the good images are not all identical")
         self.head.norm_low.copy_(torch.tensor(low))
         self.head.norm_high.copy_(torch.tensor(high))
+
+
+def _same_network(a: Pair, b: Pair) -> bool:
+    ta, tb = a.teacher, b.teacher
+    if ta.arch != tb.arch or a.renorm != b.renorm or not hasattr(ta.backbone, "forward_stages"):
+        return False
+    if a.renorm and not (torch.equal(a.renorm_scale, b.renorm_scale) and torch.equal(a.renorm_shift, b.renorm_shift)):
+        return False
+    sa, sb = ta.state_dict(), tb.state_dict()
+    small, big = (sa, sb) if len(sa) <= len(sb) else (sb, sa)
+    return all(k in big and big[k].shape == v.shape and torch.equal(big[k], v) for k, v in small.items())
 
 
 def pair_map_quantiles(maps: list[Tensor], q_low: float, q_high: float) -> tuple[list[float], list[float]]:
