@@ -109,6 +109,9 @@ def main() -> None:
     ap.add_argument("--epochs", type=int)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--config", help="YAML overriding the preset (for variants)")
+    ap.add_argument("--test-good", type=int, default=20, help="synthetic good test images per product")
+    ap.add_argument("--test-defect", type=int, default=30, help="synthetic defective test images per product "
+                    "(more of both: a less noisy AUROC)")
     args = ap.parse_args()
     out = Path(args.out)
     overrides: dict[str, Any] = {"train": {"seed": args.seed}}
@@ -119,7 +122,8 @@ def main() -> None:
     if args.bsdata:
         datasets = [(Path(args.bsdata).name, Path(args.bsdata))]
     else:
-        datasets = [(c, generate_product(out / "data", c, args.seed)) for c in args.categories]
+        datasets = [(c, generate_product(out / "data", c, args.seed, n_test_good=args.test_good,
+                                         n_test_defect=args.test_defect)) for c in args.categories]
     rows = []
     for name, root in datasets:
         for preset in args.presets:

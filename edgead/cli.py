@@ -91,7 +91,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from edgead.demo import run_demo
 
     run_demo(Path(args.out), quick=args.quick, data=args.data, epochs=args.epochs, seed=args.seed,
-             report_dir=Path(args.report))
+             report_dir=Path(args.report), size=tuple(args.size) if args.size else None)
     return 0
 
 
@@ -305,6 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", default="demo-report", help="report folder (default: demo-report)")
     p.add_argument("--quick", action="store_true", help="smaller and faster (about a minute), for smoke tests")
     p.add_argument("--data", help="run on your own MVTec-layout category instead of a synthetic one")
+    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="model input size (default 256 256; "
+                   "long parts: keep their aspect ratio, e.g. 256 640)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_demo)

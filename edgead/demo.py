@@ -156,7 +156,8 @@ def _machine() -> str:
 
 
 def run_demo(out: Path, quick: bool = False, data: str | None = None, epochs: int | None = None, seed: int = 0,
-             report_dir: Path | None = None, log: Log = print) -> dict[str, Any]:
+             report_dir: Path | None = None, size: tuple[int, int] | None = None,
+             log: Log = print) -> dict[str, Any]:
     """Run the whole story; returns the report's data (also written as report.json beside index.html)."""
     from edgead.build_engine import build_engine
     from edgead.calibrate import calibrate
@@ -173,12 +174,12 @@ def run_demo(out: Path, quick: bool = False, data: str | None = None, epochs: in
     started = time.perf_counter()
     steps = Steps(log)
     if data is None:
-        size = (128, 128) if quick else (256, 256)
+        image_size = (128, 128) if quick else (256, 256)
         counts = dict(n_train=80, n_test_good=16, n_test_defect=12) if quick else \
             dict(n_train=110, n_test_good=40, n_test_defect=30)
-        root = steps.run("synthetic product", lambda: generate_product(out / "data", DEMO_CATEGORY, seed, size=size,
+        root = steps.run("synthetic product", lambda: generate_product(out / "data", DEMO_CATEGORY, seed, size=image_size,
                                                                         **counts))
-        product = f"synthetic {DEMO_CATEGORY} ({size[0]}x{size[1]})"
+        product = f"synthetic {DEMO_CATEGORY} ({image_size[0]}x{image_size[1]})"
     else:
         root = Path(data)
         if not is_mvtec_root(root):
@@ -189,8 +190,9 @@ def run_demo(out: Path, quick: bool = False, data: str | None = None, epochs: in
     log(f"[demo] {n_fit} good images train the model, {n_cal} are held back to calibrate the threshold")
 
     overrides: dict[str, Any] = {"train": {"epochs": epochs or (4 if quick else 30), "seed": seed}}
-    if quick:
-        overrides["input"] = {"height": 128, "width": 128}
+    if size or quick:
+        h, w = size or (128, 128)
+        overrides["input"] = {"height": int(h), "width": int(w)}
     cfg = load_config(None, None, overrides)
     model_dir, engine_dir = out / "model", out / "engine"
     steps.run("training", lambda: train(fit_dir, model_dir, cfg, overwrite=True))

@@ -145,3 +145,21 @@ def test_demo_data_with_too_few_good_images_says_how_many(tmp_path):
     with pytest.raises(EdgeADError) as e:
         split_good(good, tmp_path / "split", 0)
     assert "55 good images" in str(e.value) and "at least 60" in e.value.hint
+
+
+def test_demo_on_the_users_own_folder_with_mixed_image_sizes(tmp_path, capsys):
+    """--data: the same story on an MVTec-layout folder; parts of two sizes go on the belt as a folder."""
+    from edgead.data.synth import generate_product
+
+    root = generate_product(tmp_path / "mine", "brick", seed=5, n_train=62, n_test_good=4, n_test_defect=4,
+                            size=(64, 64))
+    odd = next((root / "test" / "good").glob("*.png"))
+    cv2.imwrite(str(odd), cv2.resize(cv2.imread(str(odd)), (80, 64)))          # another camera setting
+    code = main(["demo", "--data", str(root), "--epochs", "1", "--size", "64", "64", "--out", str(tmp_path / "w"),
+                 "--report", str(tmp_path / "r")])
+    assert code == 0
+    r = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert r["product"] == str(root) and r["images"] == {"train": 12, "calibration": 50, "test_good": 4,
+                                                         "test_defective": 4}
+    assert r["conveyor"]["kind"] == "folder" and r["conveyor"]["decided"] == 8
+    assert "demo --data my_part" in (tmp_path / "r" / "index.html").read_text()
