@@ -27,16 +27,15 @@ def _import_ort() -> Any:
 
 
 def default_threads() -> int:
-    """All cores but one: the run loop's camera, preprocessing and outputs need a core of their own."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores - 1)
+    """Every core this process may use (`threads` in the run YAML lowers it to leave a core free)."""
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
 
 
 def session_options(threads: int | None = None) -> Any:
-    """Measured on the 2-core CI box (docs/benchmarks.md, speed): the teacher and student sessions
-    each own a thread pool, and with ONNX Runtime's default spin-waiting the idle pool burns the
-    core the busy one needs (2 threads: 55.7 ms at batch 1, without spinning 20.3 ms, 1 thread
-    19.6 ms). So: no spinning, and one core left to the rest of the loop."""
+    """The teacher and student sessions each own a thread pool. With ONNX Runtime's default
+    spin-waiting, the pool that just finished keeps its threads spinning on the cores the other
+    session needs: on the 2-core CI box 2 spinning threads took 19.9 ms at batch 1, no better than
+    1 thread (20.3 ms); without spinning 2 threads take 13.2 ms (docs/benchmarks.md, speed)."""
     ort = _import_ort()
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
