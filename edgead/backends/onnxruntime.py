@@ -34,8 +34,8 @@ def default_threads() -> int:
 def session_options(threads: int | None = None) -> Any:
     """The teacher and student sessions each own a thread pool. With ONNX Runtime's default
     spin-waiting, the pool that just finished keeps its threads spinning on the cores the other
-    session needs: on the 2-core CI box 2 spinning threads took 19.9 ms at batch 1, no better than
-    1 thread (20.3 ms); without spinning 2 threads take 13.2 ms (docs/benchmarks.md, speed)."""
+    session needs: on the 2-core CI box 2 spinning threads took 20-29 ms at batch 1, no better than
+    1 thread (19-20 ms); without spinning 2 threads take 13 ms (benchmarks/ort_threads.py)."""
     ort = _import_ort()
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
