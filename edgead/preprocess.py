@@ -184,10 +184,17 @@ def preprocess(image: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
         g = cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_RGB2GRAY)
         img = np.repeat(g[:, :, None], 3, axis=2)
     img = _resize(np.ascontiguousarray(img), spec)
-    x = img.astype(np.float32) * np.float32(1.0 / 255.0)
-    x -= np.asarray(spec.mean, dtype=np.float32)
-    x /= np.asarray(spec.std, dtype=np.float32)
-    return np.ascontiguousarray(x.transpose(2, 0, 1))
+    # (x / 255 - mean) / std as one scale and one offset per channel, on the CHW copy of the uint8
+    # image: two float passes instead of four and a float transpose (0.09 vs 0.47 ms at 256x256,
+    # which the run loop pays per frame on the same cores as the engine).
+    std = np.asarray(spec.std, dtype=np.float64)
+    scale = (1.0 / (255.0 * std)).astype(np.float32)[:, None, None]
+    offset = (-np.asarray(spec.mean, dtype=np.float64) / std).astype(np.float32)[:, None, None]
+    chw = np.ascontiguousarray(img.transpose(2, 0, 1))
+    x = np.empty(chw.shape, dtype=np.float32)
+    np.multiply(chw, scale, out=x, dtype=np.float32)
+    x += offset
+    return x
 
 
 def preprocess_batch(images: Sequence[np.ndarray], spec: PreprocessSpec) -> np.ndarray:
