@@ -22,11 +22,11 @@ import platform
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from edgead.backends import load_detector
 from edgead.calibrate import Scored, build_record, engine_info, write_record
+from edgead import conveyor
 from edgead.data.images import list_images, read_image
 from edgead.preprocess import preprocess
 from edgead.run import run
@@ -36,15 +36,8 @@ from edgead.runtime.config import from_dict
 def write_video(path: Path, images: list[np.ndarray], n: int, codec: str = "MJPG") -> Path:
     """MJPG is what USB and IP cameras stream (0.16 ms to decode a 256x256 frame here); FFV1, a lossless
     archive codec, costs 2.1 ms per frame, as much CPU as a sixth of the engine's batch-8 frame time."""
-    h, w = images[0].shape[:2]
-    for fourcc in dict.fromkeys((codec, "FFV1", "MJPG")):
-        writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), 30, (w, h))  # type: ignore[attr-defined]
-        if writer.isOpened():
-            for i in range(n):
-                writer.write(cv2.cvtColor(images[i % len(images)], cv2.COLOR_RGB2BGR))
-            writer.release()
-            return path
-    raise SystemExit("this OpenCV build cannot write a video (FFV1 or MJPG)")
+    conveyor.write_video([images[i % len(images)] for i in range(n)], path, 30, prefer=codec)
+    return path
 
 
 def calibration(engine: Path, detector, images: list[np.ndarray], out: Path) -> Path:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import cv2
 import numpy as np
@@ -60,11 +60,11 @@ def _video_frames(parts: list[Part]) -> list[np.ndarray] | None:
     return frames
 
 
-def write_video(frames: list[np.ndarray], path: Path, fps: float = 10.0) -> str:
-    """Write RGB frames to `path` (.avi); returns the codec used."""
+def write_video(frames: Sequence[np.ndarray], path: Path, fps: float = 10.0, prefer: str | None = None) -> str:
+    """Write RGB frames to `path` (.avi), with `prefer` first if given; returns the codec used."""
     h, w = frames[0].shape[:2]
     path.parent.mkdir(parents=True, exist_ok=True)
-    for codec in VIDEO_CODECS:
+    for codec in dict.fromkeys(((prefer,) if prefer else ()) + VIDEO_CODECS):
         writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*codec), fps, (w, h))  # type: ignore[attr-defined]
         if not writer.isOpened():
             continue
