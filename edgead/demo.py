@@ -191,7 +191,7 @@ def run_demo(out: Path, quick: bool = False, data: str | None = None, epochs: in
         root = Path(data)
         if not is_mvtec_root(root):
             raise EdgeADError(f"{root} is not an MVTec-layout category (train/good and test/ are needed)",
-                              "see README: 'Your own images'")
+                              "see README: 'From your own images to a running line'")
         product = str(root)
     fit_dir, cal_dir, n_fit, n_cal = split_good(root / "train" / "good", out / "split", seed)
     log(f"[demo] {n_fit} good images train the model, {n_cal} are held back to calibrate the threshold")
