@@ -184,3 +184,23 @@ def test_load_detector_opens_the_tensorrt_engine(engine_folder: tuple[Path, dict
     assert isinstance(det, TensorRTDetector)
     assert det.fingerprint == _entry(manifest, "tensorrt")["fingerprint"]
     det.close()
+
+
+def test_build_engine_on_the_device_from_an_exported_folder(tiny_model: Path, tmp_path: Path,
+                                                             images: np.ndarray) -> None:
+    """The Jetson path: `build-engine --model` on a workstation (here with TensorRT hidden), then
+    `build-engine --engine` on the device; the TensorRT engine agrees with ONNX Runtime's FP32 graph."""
+    import edgead.build_engine as be
+    from edgead.backends import load_detector
+    from edgead.rebuild import rebuild_tensorrt
+
+    out = tmp_path / "exported"
+    be.build_engine(tiny_model, out, backend="onnxruntime", max_batch=MAX_BATCH, log=lambda s: None)
+    manifest = rebuild_tensorrt(out, max_batch=MAX_BATCH, log=lambda s: None)
+    assert manifest["engines"][0]["backend"] == "tensorrt"
+    trt_det = load_detector(out, backend="tensorrt")
+    ort_det = load_detector(out, backend="onnxruntime", precision="fp32")
+    s_trt, _ = trt_det.infer(images)
+    s_ort, _ = ort_det.infer(images)
+    assert float(np.abs(s_trt - s_ort).max()) <= _tolerance(trt_det) * float(np.ptp(s_ort)) + 1e-6
+    trt_det.close()
