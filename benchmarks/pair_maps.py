@@ -1,0 +1,79 @@
+"""Which pair finds which defect: image AUROC of each pair's map alone and of several fusion rules,
+on trained models (no retraining; the maps come from the stored students and normalisation).
+
+    python benchmarks/pair_maps.py --models bench-out/acc-pool1/models --data bench-out/acc-pool1/data
+
+Rules: shallow or deep pair alone (normalised like the head does), the head's additive mean, the
+maximum of the normalised maps, the multiplicative product; and each shallow layer alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from edgead.data.images import read_image
+from edgead.data.mvtec import test_samples
+from edgead.metrics import auroc
+from edgead.model.artifact import load_model
+from edgead.model.kd import discrepancy
+from edgead.preprocess import preprocess
+
+RULES = ("shallow", "deep", "additive", "max", "multiplicative", "shallow layer 1", "shallow layer 2")
+
+
+def image_scores(model_dir: Path, root: Path) -> tuple[np.ndarray, list[str], dict[str, np.ndarray]]:
+    model, _ = load_model(model_dir, "cpu")
+    model.eval()
+    head = model.head
+    samples = test_samples(root)
+    out: dict[str, list[float]] = {r: [] for r in RULES}
+
+    def peak(m: torch.Tensor) -> list[float]:
+        return head.blur(m).flatten(1).amax(1).tolist()
+
+    with torch.no_grad():
+        for i in range(0, len(samples), 8):
+            x = torch.from_numpy(np.stack([preprocess(read_image(s.path), model.cfg.input) for s in samples[i:i + 8]]))
+            t, s = model.teacher_features(x), model.student_features(x)
+            maps = head.pair_maps(t, s)
+            norm = [(m - head.norm_low[j]) / (head.norm_high[j] - head.norm_low[j]) for j, m in enumerate(maps)]
+            out["shallow"] += peak(norm[0])
+            out["deep"] += peak(norm[1])
+            out["additive"] += peak((norm[0] + norm[1]) / 2)
+            out["max"] += peak(torch.maximum(norm[0], norm[1]))
+            out["multiplicative"] += peak(maps[0] / head.norm_high[0] * maps[1] / head.norm_high[1])
+            for k in range(2):
+                layer = F.interpolate(discrepancy(t[0][k], s[0][k]), size=head.out_hw, mode="bilinear",
+                                      align_corners=False)
+                out[f"shallow layer {k + 1}"] += peak(layer)
+    labels = np.array([s.label for s in samples])
+    return labels, [s.defect_type for s in samples], {r: np.array(v) for r, v in out.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", required=True, help="folder of models named <category>-<preset>")
+    ap.add_argument("--data", required=True, help="folder of MVTec-layout categories")
+    args = ap.parse_args()
+    print("| product | rule | image AUROC | per defect type |\n| --- | --- | --- | --- |")
+    for model_dir in sorted(Path(args.models).iterdir()):
+        category = model_dir.name.rsplit("-", 1)[0]
+        root = Path(args.data) / category
+        if not (model_dir / "metadata.json").is_file() or not root.is_dir():
+            continue
+        labels, types, scores = image_scores(model_dir, root)
+        for rule, v in scores.items():
+            per = []
+            for kind in sorted(set(types) - {"good"}):
+                keep = np.array([t in ("good", kind) for t in types])
+                per.append(f"{kind} {auroc(labels[keep], v[keep]):.3f}")
+            print(f"| {category} | {rule} | {auroc(labels, v):.4f} | {', '.join(per)} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
