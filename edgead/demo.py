@@ -94,8 +94,11 @@ def engine_latency_ms(engine: Path, n: int = 12) -> float:
     """Median batch-1 latency of the built engine (preprocessed input), to pace the conveyor below it."""
     from edgead.backends import load_detector
 
+    from edgead.run import engine_preprocessing
+
     det = load_detector(engine)
-    h, w = _input_hw(engine)
+    spec = engine_preprocessing(engine)
+    h, w = spec.height, spec.width
     x = np.random.default_rng(0).normal(0, 1, (1, 3, h, w)).astype(np.float32)
     det.infer(x)
     times = []
@@ -104,13 +107,6 @@ def engine_latency_ms(engine: Path, n: int = 12) -> float:
         det.infer(x)
         times.append(time.perf_counter() - t0)
     return 1000.0 * float(np.median(times))
-
-
-def _input_hw(engine: Path) -> tuple[int, int]:
-    from edgead.preprocess import PreprocessSpec
-
-    spec = PreprocessSpec.from_dict(json.loads((engine / "manifest.json").read_text())["preprocess"])
-    return spec.height, spec.width
 
 
 def read_events(record_dir: Path) -> list[dict[str, Any]]:
@@ -143,13 +139,13 @@ def overlays(engine: Path, calibration: dict[str, Any], paths: list[str]) -> lis
     from edgead.backends import load_detector
     from edgead.data.images import read_image
     from edgead.figures import heatmap_overlay
-    from edgead.preprocess import PreprocessSpec, preprocess, to_display
-    from edgead.run import heat_range
+    from edgead.preprocess import preprocess, to_display
+    from edgead.run import engine_preprocessing, heat_range
 
     if not paths:
         return []
     det = load_detector(engine)
-    spec = PreprocessSpec.from_dict(json.loads((engine / "manifest.json").read_text())["preprocess"])
+    spec = engine_preprocessing(engine)
     lo, hi = heat_range(calibration)
     result = []
     for p in paths:

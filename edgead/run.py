@@ -90,7 +90,8 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _engine_spec(engine: str | Path) -> PreprocessSpec:
+def engine_preprocessing(engine: str | Path) -> PreprocessSpec:
+    """The preprocessing an engine folder was built with (its manifest, checked on reading)."""
     from edgead.backends.manifest import read_manifest
 
     return PreprocessSpec.from_dict(read_manifest(Path(engine))["preprocess"])
@@ -205,7 +206,7 @@ def run(cfg: RunConfig, *, force: bool = False, detector: Any = None, source: Fr
         calibration = load_calibration(cfg.calibration, detector, force)  # type: ignore[arg-type]
         if calibration.get("forced"):
             warnings.append("calibration from another engine used because of --force")
-        spec, roi_warning = check_roi(_engine_spec(cfg.engine), cfg.roi)  # type: ignore[arg-type]
+        spec, roi_warning = check_roi(engine_preprocessing(cfg.engine), cfg.roi)  # type: ignore[arg-type]
         if roi_warning:
             log(roi_warning)
             warnings.append(roi_warning)
