@@ -10,10 +10,11 @@ folder of numbered images instead, which `edgead run` replays the same way.
 
 from __future__ import annotations
 
+import itertools
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Iterator
 
 import cv2
 import numpy as np
@@ -49,32 +50,40 @@ def conveyor_parts(root: str | Path, seed: int = 0, max_parts: int | None = None
                  mask=str(samples[j].mask_path) if samples[j].mask_path else None) for i, j in enumerate(order)]
 
 
-def _video_frames(parts: list[Part]) -> list[np.ndarray] | None:
-    """The frames as uint8 RGB of one size, or None when they cannot share a video."""
-    frames = []
+class _NotOneVideo(Exception):
+    """The parts differ in size or bit depth: they cannot share one video."""
+
+
+def _video_frames(parts: list[Part]) -> Iterator[np.ndarray]:
+    """The parts' images as uint8 RGB frames of one size, read one at a time (a long belt never sits in RAM)."""
+    size = None
     for p in parts:
         img = read_image(p.path)
-        if img.dtype != np.uint8 or (frames and img.shape[:2] != frames[0].shape[:2]):
-            return None
-        frames.append(np.dstack([img] * 3) if img.ndim == 2 else img[..., :3])
-    return frames
+        if img.dtype != np.uint8 or (size is not None and img.shape[:2] != size):
+            raise _NotOneVideo(p.path)
+        size = img.shape[:2]
+        yield np.dstack([img] * 3) if img.ndim == 2 else img[..., :3]
 
 
-def write_video(frames: Sequence[np.ndarray], path: Path, fps: float = 10.0, prefer: str | None = None) -> str:
-    """Write RGB frames to `path` (.avi), with `prefer` first if given; returns the codec used."""
-    h, w = frames[0].shape[:2]
+def write_video(frames: Iterable[np.ndarray], path: Path, fps: float = 10.0, prefer: str | None = None) -> str:
+    """Write RGB frames of one size to `path` (.avi), with codec `prefer` first if given; returns the codec."""
+    it = iter(frames)
+    first = next(it)
+    h, w = first.shape[:2]
     path.parent.mkdir(parents=True, exist_ok=True)
     for codec in dict.fromkeys(((prefer,) if prefer else ()) + VIDEO_CODECS):
         writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*codec), fps, (w, h))  # type: ignore[attr-defined]
-        if not writer.isOpened():
-            continue
-        for f in frames:
+        if writer.isOpened():
+            break
+    else:
+        raise EdgeADError(f"this OpenCV build cannot write a video ({' or '.join(VIDEO_CODECS)}) to {path}",
+                          "install opencv-python-headless from pip (it has both codecs)")
+    try:
+        for f in itertools.chain([first], it):
             writer.write(cv2.cvtColor(np.ascontiguousarray(f), cv2.COLOR_RGB2BGR))
+    finally:
         writer.release()
-        if path.is_file() and path.stat().st_size > 0:
-            return codec
-    raise EdgeADError(f"this OpenCV build cannot write a video ({' or '.join(VIDEO_CODECS)}) to {path}",
-                      "install opencv-python-headless from pip (it has both codecs)")
+    return codec
 
 
 def write_conveyor(parts: list[Part], out_dir: str | Path, fps: float = 10.0) -> dict[str, Any]:
@@ -83,10 +92,10 @@ def write_conveyor(parts: list[Part], out_dir: str | Path, fps: float = 10.0) ->
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    frames = _video_frames(parts)
-    if frames is not None:
-        source, kind, codec = out / "conveyor.avi", "video", write_video(frames, out / "conveyor.avi", fps)
-    else:
+    try:
+        source, kind, codec = out / "conveyor.avi", "video", write_video(_video_frames(parts), out / "conveyor.avi", fps)
+    except _NotOneVideo:
+        (out / "conveyor.avi").unlink(missing_ok=True)
         source, kind, codec = out / "frames", "folder", None
         source.mkdir()
         width = max(4, len(str(len(parts))))
