@@ -87,14 +87,19 @@ class FeatureExtractor(nn.Module):
         self.channels, self.strides = self._probe()
 
     def forward(self, x: Tensor) -> list[Tensor]:
-        wanted = set(self.layers)
+        found = self.stages(x, self.layers)
+        return [found[name] for name in self.layers]
+
+    def stages(self, x: Tensor, names: Sequence[str]) -> dict[str, Tensor]:
+        """The named stages' outputs of one pass, stopping after the last one needed."""
+        wanted = set(names)
         found: dict[str, Tensor] = {}
         for name, out in self.backbone.forward_stages(x):  # type: ignore[operator]
             if name in wanted:
                 found[name] = out
                 if len(found) == len(wanted):
                     break
-        return [found[name] for name in self.layers]
+        return found
 
     @torch.no_grad()
     def _probe(self) -> tuple[list[int], list[int]]:

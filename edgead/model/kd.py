@@ -147,10 +147,12 @@ class Pair(nn.Module):
         self.teacher.eval()           # the teacher is frozen: its BatchNorm statistics never move
         return self
 
+    def teacher_input(self, x: Tensor) -> Tensor:
+        """The image in the normalisation the teacher's weights expect."""
+        return x * self.renorm_scale + self.renorm_shift if self.renorm else x
+
     def teacher_features(self, x: Tensor) -> list[Tensor]:
-        if self.renorm:
-            x = x * self.renorm_scale + self.renorm_shift
-        return [self.pool(f) for f in self.teacher(x)]
+        return [self.pool(f) for f in self.teacher(self.teacher_input(x))]
 
     def student_features(self, x: Tensor) -> list[Tensor]:
         return [self.pool(proj(f)) for proj, f in zip(self.projections, self.student(x))]
@@ -174,17 +176,8 @@ class DualKD(nn.Module):
                     out[group[0]] = self.pairs[group[0]].teacher_features(x)
                     continue
                 runner = self.pairs[group[-1]]
-                if runner.renorm:
-                    x_in = x * runner.renorm_scale + runner.renorm_shift
-                else:
-                    x_in = x
-                wanted = {name for i in group for name in self.pairs[i].teacher.layers}
-                found: dict[str, Tensor] = {}
-                for name, f in runner.teacher.backbone.forward_stages(x_in):  # type: ignore[operator]
-                    if name in wanted:
-                        found[name] = f
-                        if len(found) == len(wanted):
-                            break
+                found = runner.teacher.stages(runner.teacher_input(x),
+                                              [name for i in group for name in self.pairs[i].teacher.layers])
                 for i in group:
                     out[i] = [self.pairs[i].pool(found[name]) for name in self.pairs[i].teacher.layers]
             return out
