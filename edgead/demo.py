@@ -93,20 +93,13 @@ def split_good(train_good: Path, out: Path, seed: int) -> tuple[Path, Path, int,
 def engine_latency_ms(engine: Path, n: int = 12) -> float:
     """Median batch-1 latency of the built engine (preprocessed input), to pace the conveyor below it."""
     from edgead.backends import load_detector
-
+    from edgead.bench import time_detector
     from edgead.run import engine_preprocessing
 
-    det = load_detector(engine)
     spec = engine_preprocessing(engine)
-    h, w = spec.height, spec.width
-    x = np.random.default_rng(0).normal(0, 1, (1, 3, h, w)).astype(np.float32)
-    det.infer(x)
-    times = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        det.infer(x)
-        times.append(time.perf_counter() - t0)
-    return 1000.0 * float(np.median(times))
+    stats = time_detector(load_detector(engine), spec, batch=1, iters=n, warmup=1,
+                          frame_hw=(spec.height, spec.width), include_preprocess=False)
+    return stats["p50_ms"]
 
 
 def read_events(record_dir: Path) -> list[dict[str, Any]]:
