@@ -98,6 +98,13 @@ def test_rebuild_without_tensorrt_or_with_an_old_manifest(exported, fake_trt, mo
     (old / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(EdgeADError, match="predates on-device builds"):
         rebuild.rebuild_tensorrt(old, log=lambda s: None)
+    only16 = tmp_path / "only16"
+    shutil.copytree(exported, only16)
+    m = json.loads((only16 / "manifest.json").read_text())
+    m["engines"] = [e for e in m["engines"] if e["precision"] != "fp32"]
+    (only16 / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(EdgeADError, match="has no FP32 ONNX graphs to build TensorRT engines from"):
+        rebuild.rebuild_tensorrt(only16, log=lambda s: None)
     monkeypatch.setattr(rebuild, "tensorrt_usable", lambda: False)
     with pytest.raises(EdgeADError) as e:
         rebuild.rebuild_tensorrt(exported, log=lambda s: None)
