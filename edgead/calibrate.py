@@ -26,7 +26,7 @@ from edgead import thresholds as T
 from edgead.data.images import good_images, list_images, read_image
 from edgead.data.mvtec import is_mvtec_root, test_samples
 from edgead.errors import EdgeADError
-from edgead.io import atomic_write_bytes
+from edgead.io import atomic_write_bytes, png_bytes
 from edgead.preprocess import PreprocessSpec, preprocess
 
 KIND = "edgead-calibration"
@@ -233,7 +233,7 @@ def write_record(record: dict[str, Any], out: str | Path, good: np.ndarray,
     """Figure (of these decision scores) and table first, the YAML last: it never names missing files."""
     out = _yaml_path(out)
     record["files"]["figure"] = out.with_suffix(".png").name
-    atomic_write_bytes(out.with_suffix(".png"), _png(draw_figure(record, good, defects)))
+    atomic_write_bytes(out.with_suffix(".png"), _figure_png(draw_figure(record, good, defects)))
     if record["defects"] is not None:
         record["files"]["table"] = out.with_suffix(".csv").name
         rows = ["threshold,false_reject_rate,escape_rate,f1"]
@@ -330,6 +330,13 @@ def _text(img: np.ndarray, s: str, x: int, y: int, scale: float = 0.5, color: tu
     cv2.putText(img, s, (int(x), int(y)), _FONT, scale, color, thick, cv2.LINE_AA)
 
 
+def _figure_png(img: np.ndarray) -> bytes:
+    try:
+        return png_bytes(img, channels="bgr")
+    except OSError as e:
+        raise EdgeADError("PNG encoding of the calibration figure failed", "this is a bug; please report it") from e
+
+
 def draw_figure(record: dict[str, Any], good_scores: np.ndarray, defect_scores: np.ndarray | None) -> np.ndarray:
     """Histograms (share of images per bin) of good and defect decision scores, threshold and target marked."""
     area = record["area"]
@@ -424,13 +431,6 @@ def _ticks(lo: float, hi: float, n: int) -> list[tuple[float, str]]:
     first = math.ceil(lo / step - 1e-9) * step
     values = [first + i * step for i in range(int((hi - first) / step + 1e-9) + 1)]
     return [(v, f"{v + 0.0:.{decimals}f}") for v in values]
-
-
-def _png(img: np.ndarray) -> bytes:
-    ok, buf = cv2.imencode(".png", img)
-    if not ok:
-        raise EdgeADError("PNG encoding of the calibration figure failed", "this is a bug; please report it")
-    return buf.tobytes()
 
 
 # ---------------------------------------------------------------- reading a record back

@@ -1,4 +1,5 @@
-"""Atomic file writes: a crash never leaves half a file behind (ARCHITECTURE.md, artifacts)."""
+"""Atomic file writes (a crash never leaves half a file behind, ARCHITECTURE.md, artifacts), and the
+one PNG encoder every writer of images uses."""
 
 from __future__ import annotations
 
@@ -8,7 +9,10 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
@@ -72,3 +76,24 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def png_bytes(image: "np.ndarray", channels: str = "rgb", compression: int | None = None) -> bytes:
+    """Encode a grey or colour image as PNG. `channels` says the colour order of a 3-channel array
+    ("rgb", as edgead passes images around, or "bgr", as OpenCV drawing makes them); an alpha channel
+    is dropped. uint8 and uint16 keep their depth; other types are clipped to 0-255. Raises OSError."""
+    import cv2
+    import numpy as np
+
+    img = np.asarray(image)
+    if img.dtype not in (np.uint8, np.uint16):
+        img = np.clip(img, 0, 255).astype(np.uint8)
+    if img.ndim == 3:
+        img = np.ascontiguousarray(img[..., :3])
+        if channels == "rgb":
+            img = cv2.cvtColor(img, cv2.COLOR_RGB2BGR)
+    params = [cv2.IMWRITE_PNG_COMPRESSION, int(compression)] if compression is not None else []
+    ok, buf = cv2.imencode(".png", img, params)
+    if not ok:
+        raise OSError(f"PNG encoding failed for an image of shape {img.shape} and type {img.dtype}")
+    return buf.tobytes()

@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from edgead.data.images import read_image
-from edgead.io import atomic_write_bytes, atomic_write_json
+from edgead.io import atomic_write_bytes, atomic_write_json, png_bytes
 
 CARD_HEIGHT = 160      # px of each heatmap thumbnail
 
@@ -49,11 +49,7 @@ def png_data_uri(image: np.ndarray | str | Path, max_height: int | None = None) 
     if max_height and img.shape[0] > max_height:
         w = max(1, round(img.shape[1] * max_height / img.shape[0]))
         img = cv2.resize(img, (w, max_height), interpolation=cv2.INTER_AREA)
-    bgr = img if img.ndim == 2 else cv2.cvtColor(np.ascontiguousarray(img[..., :3]), cv2.COLOR_RGB2BGR)
-    ok, buf = cv2.imencode(".png", bgr)
-    if not ok:
-        raise OSError("PNG encoding failed")
-    return "data:image/png;base64," + base64.b64encode(buf.tobytes()).decode("ascii")
+    return "data:image/png;base64," + base64.b64encode(png_bytes(img)).decode("ascii")
 
 
 def _e(x: Any) -> str:

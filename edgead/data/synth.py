@@ -27,6 +27,7 @@ import cv2
 import numpy as np
 
 from edgead.errors import EdgeADError
+from edgead.io import png_bytes
 
 CATEGORIES: tuple[str, ...] = ("brick", "brushed_metal", "washer")
 DEFECT_TYPES: dict[str, tuple[str, ...]] = {
@@ -404,12 +405,12 @@ def render(category: str, rng: np.random.Generator, size: tuple[int, int] = (256
 
 
 def _write_png(path: Path, rgb_or_gray: np.ndarray) -> None:
-    img = cv2.cvtColor(rgb_or_gray, cv2.COLOR_RGB2BGR) if rgb_or_gray.ndim == 3 else rgb_or_gray
-    ok, buf = cv2.imencode(".png", img, [cv2.IMWRITE_PNG_COMPRESSION, 1])
-    if not ok:
-        raise EdgeADError(f"cannot encode {path}", "this is a bug; please report it")
     try:
-        buf.tofile(str(path))
+        data = png_bytes(rgb_or_gray, compression=1)
+    except OSError as e:
+        raise EdgeADError(f"cannot encode {path}: {e}", "this is a bug; please report it") from e
+    try:
+        path.write_bytes(data)
     except OSError as e:
         raise EdgeADError(f"cannot write {path}: {e.strerror or e}", "check free disk space and permissions") from e
 

@@ -28,11 +28,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-import cv2
 import numpy as np
 
 from edgead.figures import heatmap_overlay
-from edgead.io import atomic_write_bytes, atomic_write_json, json_line
+from edgead.io import atomic_write_bytes, atomic_write_json, json_line, png_bytes
 from edgead.preprocess import PreprocessSpec, to_display
 from edgead.protocols import InspectionEvent
 from edgead.runtime.config import RecordConfig
@@ -46,17 +45,6 @@ def event_line(pid: int, event: InspectionEvent, images: list[str]) -> str:
     """One strict-JSON line (NaN scores become null)."""
     d = {"id": pid, **event.to_dict(), "images": images}
     return json_line(d) + "\n"
-
-
-def _png(rgb: np.ndarray) -> bytes:
-    img = rgb if rgb.ndim == 2 else cv2.cvtColor(np.ascontiguousarray(rgb[..., :3]), cv2.COLOR_RGB2BGR)
-    if img.dtype == np.uint16 or img.dtype == np.uint8:
-        ok, buf = cv2.imencode(".png", img)
-    else:
-        ok, buf = cv2.imencode(".png", np.clip(img, 0, 255).astype(np.uint8))
-    if not ok:
-        raise OSError("PNG encoding failed")
-    return buf.tobytes()
 
 
 def new_run_dir(root: Path) -> Path:
@@ -177,7 +165,7 @@ class Recorder:
         n = self.cfg.save_good_every
         if n and self._good_count % n == 0:
             name = f"good/{pid:08d}-seq{event.seq}.png"
-            if self._submit(lambda: self._write(name, _png(image)), "good_image"):
+            if self._submit(lambda: self._write(name, png_bytes(image)), "good_image"):
                 return [name]
         return []
 
@@ -190,7 +178,7 @@ class Recorder:
 
         def write_all() -> None:
             for pid, seq, img in items:
-                self._write(f"ring/{pid:08d}-seq{seq}.png", _png(img))
+                self._write(f"ring/{pid:08d}-seq{seq}.png", png_bytes(img))
 
         self._submit(write_all, "ring")
 
@@ -277,10 +265,10 @@ class Recorder:
             self.metrics.records_deleted.inc(deleted)
 
     def _write_reject(self, stem: str, image: np.ndarray, amap: np.ndarray | None) -> None:
-        self._write(f"{stem}-raw.png", _png(image))
+        self._write(f"{stem}-raw.png", png_bytes(image))
         if amap is not None:
             view = to_display(image, self.spec)
-            self._write(f"{stem}-overlay.png", _png(heatmap_overlay(view, amap, *self.vrange)))
+            self._write(f"{stem}-overlay.png", png_bytes(heatmap_overlay(view, amap, *self.vrange)))
 
     def _error(self, e: BaseException) -> None:
         self._errors += 1
