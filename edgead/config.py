@@ -89,6 +89,10 @@ class TrainSpec:
     val_fraction: float = 0.1
     seed: int = 0
     norm_quantile_low: float = 0.9     # EfficientAD-style map normalisation on held-out good images
+    # The last fraction of epochs trains with the students' BatchNorm in inference mode (statistics
+    # re-estimated first), so the weights adapt to the statistics inference uses: trained on batch
+    # statistics only, the deep student was 2-6x off on single good images (docs/benchmarks.md).
+    bn_frozen_fraction: float = 0.25
     norm_quantile_high: float = 0.995
 
 
@@ -162,6 +166,9 @@ class ModelConfig:
         if t.epochs < 1 or t.batch_size < 1 or t.lr <= 0 or not 0 < t.val_fraction < 0.5:
             raise EdgeADError("config: 'train' needs epochs >= 1, batch_size >= 1, lr > 0 and 0 < val_fraction < 0.5",
                               f"got {asdict(t)}")
+        if not 0 <= t.bn_frozen_fraction < 1:
+            raise EdgeADError(f"config: 'train.bn_frozen_fraction' has a bad value {t.bn_frozen_fraction!r}",
+                              "use a fraction of the epochs in [0, 1): 0 trains on batch statistics throughout")
 
 
 PRESETS: dict[str, dict[str, Any]] = {

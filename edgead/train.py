@@ -110,6 +110,20 @@ def recalibrate_batchnorm(model: DualKD, images: torch.Tensor, batch_size: int, 
     model.eval()
 
 
+def freeze_batchnorm(model: DualKD) -> None:
+    """Students' BatchNorm layers normalise with their running statistics and stop updating them
+    (their scale and shift still learn); call after `model.train()`."""
+    for pair in model.pairs:
+        for m in pair.student.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.eval()
+
+
+def bn_frozen_from(cfg: ModelConfig) -> int:
+    """First (0-based) epoch trained with frozen BatchNorm; `epochs` when none is."""
+    return cfg.train.epochs - int(round(cfg.train.bn_frozen_fraction * cfg.train.epochs))
+
+
 @torch.no_grad()
 def _finalise_statistics(model: DualKD, images: torch.Tensor, cache: Features, cfg: ModelConfig,
                          device: torch.device) -> dict[str, Any]:
@@ -203,6 +217,7 @@ def train(data: str | Path, out: str | Path, cfg: ModelConfig, *, skip_bad: bool
         log(f"resuming after epoch {first_epoch} of {cfg.train.epochs}")
 
     rng = np.random.default_rng(cfg.train.seed + first_epoch)
+    frozen_from = bn_frozen_from(cfg)
     interrupted = False
     epoch = first_epoch - 1
     loop_start = time.perf_counter()
@@ -210,7 +225,11 @@ def train(data: str | Path, out: str | Path, cfg: ModelConfig, *, skip_bad: bool
                disable=not progress, unit="step", dynamic_ncols=True)
     try:
         for epoch in range(first_epoch, cfg.train.epochs):
+            if epoch == frozen_from:
+                recalibrate_batchnorm(model, train_images, cfg.train.batch_size, dev)
             model.train()
+            if epoch >= frozen_from:
+                freeze_batchnorm(model)
             running = 0.0
             for idx in _batches(len(train_images), cfg.train.batch_size, rng):
                 loss = kd_loss(_take(train_cache, idx, dev), model.student_features(train_images[idx].to(dev)))
@@ -239,7 +258,10 @@ def train(data: str | Path, out: str | Path, cfg: ModelConfig, *, skip_bad: bool
     loop_seconds = time.perf_counter() - loop_start
     epochs_this_run = max(1, len(history) - first_epoch)
     model.load_student_state(best_state)
-    recalibrate_batchnorm(model, train_images, cfg.train.batch_size, dev)
+    if best_epoch <= frozen_from:
+        # Trained on batch statistics: give inference the exact averages of the final weights. (Weights
+        # from a frozen epoch keep the statistics they were trained with.)
+        recalibrate_batchnorm(model, train_images, cfg.train.batch_size, dev)
     stats = _finalise_statistics(model, val_images, val_cache, cfg, dev)
     seconds = time.perf_counter() - start
     metadata = {

@@ -33,6 +33,7 @@ def test_user_yaml_merges_nested_keys(tmp_path):
     ("train: {epoch: 3}\n", "unknown key 'train.epoch'"),
     ("train: {epochs: many}\n", "'train.epochs' has a bad value"),
     ("fusion: max\n", "'fusion' has a bad value"),
+    ("train: {bn_frozen_fraction: 1.0}\n", "'train.bn_frozen_fraction' has a bad value"),
     ("input: {heigth: 100}\n", "heigth"),
 ])
 def test_bad_keys_and_values_are_named(tmp_path, text, needle):

@@ -74,6 +74,35 @@ def test_interrupt_then_resume(tiny_product, tmp_path, monkeypatch):
     assert [h["epoch"] for h in result.metadata["training"]["history"]] == [1, 2]
 
 
+def test_last_epochs_train_with_frozen_batchnorm(tiny_product, tmp_path, monkeypatch):
+    """Epochs 2 and 3 of 3 normalise with statistics re-estimated once before epoch 2: the students'
+    weights still learn, their BatchNorm statistics stay put, and the model keeps those statistics."""
+    import edgead.train as tr
+
+    cfg = load_config("edge", overrides={"input": TINY, "train": {"epochs": 3, "batch_size": 4,
+                                                                   "bn_frozen_fraction": 0.67}})
+    assert tr.bn_frozen_from(cfg) == 1
+    seen = []
+    real = tr._val_loss
+
+    def snapshot(model, *a, **k):
+        bn = next(m for m in model.pairs[1].student.modules() if isinstance(m, torch.nn.BatchNorm2d))
+        conv = next(m for m in model.pairs[1].student.modules() if isinstance(m, torch.nn.Conv2d))
+        seen.append((bn.running_mean.clone(), conv.weight.detach().clone()))
+        return real(model, *a, **k)
+
+    monkeypatch.setattr(tr, "_val_loss", snapshot)
+    result = train(tiny_product / "train" / "good", tmp_path / "m", cfg, progress=False, log=lambda s: None)
+    (stats1, w1), (stats2, w2), (stats3, w3) = seen
+    assert not torch.equal(stats1, stats2)             # re-estimated when freezing
+    assert torch.equal(stats2, stats3)                 # frozen during epochs 2-3
+    assert not torch.equal(w2, w3)                     # while the weights kept learning
+    model, _ = load_model(tmp_path / "m")
+    final = next(m for m in model.pairs[1].student.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    if result.best_epoch >= 2:
+        assert torch.equal(final.running_mean, stats3)
+
+
 def test_eval_reports_metrics_and_figures(tiny_model, tiny_product, tmp_path, capsys):
     assert main(["eval", "--model", str(tiny_model), "--data", str(tiny_product), "--out", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "eval.json").read_text())
