@@ -199,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--seed", type=int)
     p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="input height and width")
-    p.add_argument("--fusion", choices=["multiplicative", "additive"])
+    p.add_argument("--fusion", choices=["multiplicative", "additive", "max"])
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda")
     p.add_argument("--skip-bad", action="store_true", help="skip and count unreadable images instead of stopping")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")

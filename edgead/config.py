@@ -17,7 +17,8 @@ import yaml
 from edgead.errors import EdgeADError
 from edgead.preprocess import PreprocessSpec
 
-FUSIONS = ("multiplicative", "additive")
+FUSIONS = ("multiplicative", "additive", "max")
+CONFIG_KEYS = {"preset", "input", "pairs", "fusion", "blur_sigma", "position_norm", "train"}
 STUDENT_INITS = ("random", "teacher")
 
 
@@ -104,6 +105,7 @@ class ModelConfig:
     fusion: str = "additive"
     blur_sigma: float = 4.0
     train: TrainSpec = field(default_factory=TrainSpec)
+    position_norm: bool = False   # z-score the fused map per pixel with good-image statistics
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -113,12 +115,13 @@ class ModelConfig:
                       for p in self.pairs],
             "fusion": self.fusion,
             "blur_sigma": self.blur_sigma,
+            "position_norm": self.position_norm,
             "train": asdict(self.train),
         }
 
     @classmethod
     def from_dict(cls, data: Any) -> "ModelConfig":
-        data = _check_keys("config", data, {"preset", "input", "pairs", "fusion", "blur_sigma", "train"})
+        data = _check_keys("config", data, CONFIG_KEYS)
         for key in ("input", "pairs"):
             if key not in data:
                 raise EdgeADError(f"config: missing key '{key}'", "start from a preset: edgead train --print-config")
@@ -137,6 +140,7 @@ class ModelConfig:
                   pairs=pairs,
                   fusion=data.get("fusion", "multiplicative"),
                   blur_sigma=data.get("blur_sigma", 4.0),
+                  position_norm=data.get("position_norm", False),
                   train=_build(TrainSpec, "train", data.get("train", {})))
         cfg.validate()
         return cfg
@@ -144,6 +148,8 @@ class ModelConfig:
     def validate(self) -> None:
         if self.fusion not in FUSIONS:
             raise EdgeADError(f"config: 'fusion' has a bad value {self.fusion!r}", f"use one of: {', '.join(FUSIONS)}")
+        if not isinstance(self.position_norm, bool):
+            raise EdgeADError(f"config: 'position_norm' has a bad value {self.position_norm!r}", "use true or false")
         if not isinstance(self.blur_sigma, (int, float)) or self.blur_sigma < 0:
             raise EdgeADError(f"config: 'blur_sigma' has a bad value {self.blur_sigma!r}", "use a number >= 0 (4 is the reference)")
         names = [p.name for p in self.pairs]
@@ -210,6 +216,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         # where the deep map is flat; the additive one stayed within 0.01 elsewhere (docs/benchmarks.md).
         "fusion": "additive",
         "blur_sigma": 4.0,
+        # Good parts' maps peak at the image borders (55-75 % of good test images on the synthetic
+        # products, 0-8 % of defective ones); a per-pixel z-score against the good training images
+        # removes that: worst product over three seeds 0.976 -> 0.982 (docs/benchmarks.md).
+        "position_norm": True,
         "train": {},
     },
 }
@@ -242,7 +252,7 @@ def load_config(preset: str | None = None, config_file: str | Path | None = None
         except yaml.YAMLError as exc:
             raise EdgeADError(f"config file {path} is not valid YAML: {exc}".splitlines()[0],
                               "fix the YAML syntax (indentation, colons)") from exc
-        _check_keys("config", user, {"preset", "input", "pairs", "fusion", "blur_sigma", "train"})
+        _check_keys("config", user, CONFIG_KEYS)
         data = _merge(data, user)
     if overrides:
         data = _merge(data, overrides)

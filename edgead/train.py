@@ -125,9 +125,31 @@ def bn_frozen_from(cfg: ModelConfig) -> int:
 
 
 @torch.no_grad()
+def _position_statistics(model: DualKD, sets: list[tuple[torch.Tensor, Features]], batch_size: int,
+                         device: torch.device) -> None:
+    """Per-pixel mean and spread of the fused map over every good image (training and held-out):
+    sixty images give a usable per-pixel estimate where the few held-out ones would not; the
+    students fit their training images a little better, which lowers the level everywhere alike."""
+    total = total_sq = None
+    n = 0
+    for images, cache in sets:
+        for idx in _batches(len(images), batch_size, None):
+            maps = model.head.pair_maps(_take(cache, idx, device), model.student_features(images[idx].to(device)))
+            fused = model.head.fuse(maps).double().cpu()
+            total = fused.sum(0, keepdim=True) + (0 if total is None else total)
+            total_sq = fused.pow(2).sum(0, keepdim=True) + (0 if total_sq is None else total_sq)
+            n += len(idx)
+    assert total is not None and total_sq is not None
+    mean = total / n
+    std = (total_sq / n - mean.pow(2)).clamp_min(0).sqrt()
+    model.set_position_statistics(mean.to(device), std.to(device))
+
+
+@torch.no_grad()
 def _finalise_statistics(model: DualKD, images: torch.Tensor, cache: Features, cfg: ModelConfig,
-                         device: torch.device) -> dict[str, Any]:
-    """Map normalisation from held-out good images, then the good-image score statistics."""
+                         device: torch.device, train_images: torch.Tensor, train_cache: Features) -> dict[str, Any]:
+    """Map normalisation from held-out good images, the per-position statistics from all good
+    images, then the good-image score statistics (held-out images)."""
     model.eval()
     pair_maps: list[list[torch.Tensor]] = [[] for _ in cfg.pairs]
     for idx in _batches(len(images), cfg.train.batch_size, None):
@@ -137,6 +159,8 @@ def _finalise_statistics(model: DualKD, images: torch.Tensor, cache: Features, c
     low, high = pair_map_quantiles([torch.cat(m) for m in pair_maps],
                                    cfg.train.norm_quantile_low, cfg.train.norm_quantile_high)
     model.set_normalisation(low, high)
+    if cfg.position_norm:
+        _position_statistics(model, [(train_images, train_cache), (images, cache)], cfg.train.batch_size, device)
     scores = []
     for idx in _batches(len(images), cfg.train.batch_size, None):
         _, s = model.head(_take(cache, idx, device), model.student_features(images[idx].to(device)))
@@ -262,7 +286,7 @@ def train(data: str | Path, out: str | Path, cfg: ModelConfig, *, skip_bad: bool
         # Trained on batch statistics: give inference the exact averages of the final weights. (Weights
         # from a frozen epoch keep the statistics they were trained with.)
         recalibrate_batchnorm(model, train_images, cfg.train.batch_size, dev)
-    stats = _finalise_statistics(model, val_images, val_cache, cfg, dev)
+    stats = _finalise_statistics(model, val_images, val_cache, cfg, dev, train_images, train_cache)
     seconds = time.perf_counter() - start
     metadata = {
         "edgead_version": __version__,

@@ -2,7 +2,7 @@
 
 import pytest
 
-from edgead.config import PRESETS, load_config
+from edgead.config import PRESETS, ModelConfig, load_config
 from edgead.errors import EdgeADError
 
 
@@ -32,8 +32,9 @@ def test_user_yaml_merges_nested_keys(tmp_path):
     ("trian: {epochs: 3}\n", "unknown key 'config.trian'"),
     ("train: {epoch: 3}\n", "unknown key 'train.epoch'"),
     ("train: {epochs: many}\n", "'train.epochs' has a bad value"),
-    ("fusion: max\n", "'fusion' has a bad value"),
+    ("fusion: sum\n", "'fusion' has a bad value"),
     ("train: {bn_frozen_fraction: 1.0}\n", "'train.bn_frozen_fraction' has a bad value"),
+    ("position_norm: 1\n", "'position_norm' has a bad value"),
     ("input: {heigth: 100}\n", "heigth"),
 ])
 def test_bad_keys_and_values_are_named(tmp_path, text, needle):
@@ -63,3 +64,10 @@ def test_student_init_from_teacher_needs_same_arch():
         load_config("edge", overrides={"pairs": [PRESETS["edge"]["pairs"][0], {
             "name": "deep", "teacher": {"arch": "efficientnet_lite0", "layers": ["stage5"]},
             "student": {"arch": "reduced_resnet18", "layers": ["layer3"], "init": "teacher"}}]})
+
+
+def test_models_trained_before_position_norm_still_load_without_it():
+    data = load_config("edge").to_dict()
+    assert data.pop("position_norm") is True
+    assert ModelConfig.from_dict(data).position_norm is False
+    assert load_config("paper").position_norm is False      # the reference method as published

@@ -146,3 +146,23 @@ def test_bench_reports_every_backend(engine, tmp_path, capsys):
     assert {r["batch"] for r in rows} == {1, 4}
     assert all(r["p50_ms"] > 0 and r["images_per_s"] > 0 for r in rows)
     assert "p99 ms" in capsys.readouterr().out
+
+
+def test_max_fusion_engine_matches_torch(tiny_model, tiny_product, tmp_path):
+    """The head is part of the exported graph: a model whose config says `fusion: max` scores the same
+    through ONNX Runtime as through Torch."""
+    import yaml
+
+    from edgead.build_engine import build_engine
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model, model)
+    cfg = yaml.safe_load((model / "config.yaml").read_text())
+    cfg["fusion"] = "max"
+    (model / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    build_engine(model, tmp_path / "engine", max_batch=4, log=lambda s: None)
+    x, _ = _images(tiny_product, tmp_path / "engine")
+    s_ort, m_ort = load_detector(tmp_path / "engine", "onnxruntime", "fp32").infer(x)
+    s_t, m_t = TorchDetector(model).infer(x)
+    assert TorchDetector(model).model.head.fusion == "max"
+    assert float(np.abs(m_ort - m_t).max()) <= 1e-4 * float(m_t.max() - m_t.min())

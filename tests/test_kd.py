@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from edgead.config import load_config
+from edgead.errors import EdgeADError
 from edgead.model.kd import DualKD, ScoringHead, discrepancy, kd_loss, normalise
 
 
@@ -58,7 +59,7 @@ def test_batch_does_not_change_the_map():
     assert torch.allclose(scores, maps.flatten(1).amax(1))
 
 
-@pytest.mark.parametrize("fusion", ["multiplicative", "additive"])
+@pytest.mark.parametrize("fusion", ["multiplicative", "additive", "max"])
 def test_fusion(fusion):
     head = _head(fusion, sigma=0)
     head.norm_low.copy_(torch.tensor([0.1, 0.2]))
@@ -67,9 +68,40 @@ def test_fusion(fusion):
     fused = head.fuse([a, b])
     if fusion == "multiplicative":
         expected = (a / 0.5) * (b / 1.0)
+    elif fusion == "max":
+        expected = torch.maximum((a - 0.1) / 0.4, (b - 0.2) / 0.8)
     else:
         expected = ((a - 0.1) / 0.4 + (b - 0.2) / 0.8) / 2
     assert torch.allclose(fused, expected, atol=1e-6)
+
+
+def test_position_normalisation_z_scores_each_pixel_before_the_blur():
+    head = ScoringHead((32, 48), "additive", 0.0, position_norm=True)
+    mean, std = torch.rand(1, 1, 32, 48), torch.rand(1, 1, 32, 48) + 0.5
+    head.position_mean.copy_(mean)
+    head.position_std.copy_(std)
+    t = [[torch.rand(2, 8, 8, 12)], [torch.rand(2, 16, 2, 3)]]
+    s = [[torch.rand(2, 8, 8, 12)], [torch.rand(2, 16, 2, 3)]]
+    amap, score = head(t, s)
+    expected = (head.fuse(head.pair_maps(t, s)) - mean) / std
+    assert torch.allclose(amap, expected, atol=1e-6)
+    assert torch.allclose(score, expected.flatten(1).amax(1), atol=1e-6)
+
+
+def test_position_statistics_are_smoothed_and_the_spread_floored():
+    cfg = load_config("edge", overrides={"input": {"height": 64, "width": 96}})
+    model = DualKD(cfg, teacher_weights=False)
+    assert model.head.position_norm and model.head.position_std.shape == (1, 1, 64, 96)
+    mean = torch.zeros(1, 1, 64, 96)
+    mean[0, 0, 32, 48] = 1.0                      # an impulse comes out blurred
+    std = torch.ones(1, 1, 64, 96)
+    std[0, 0, :, :10] = 0.0                       # a band where every good image looked the same
+    model.set_position_statistics(mean, std)
+    assert torch.allclose(model.head.position_mean, model.head.blur(mean))
+    assert float(model.head.position_mean.max()) < 0.5
+    assert float(model.head.position_std.min()) >= 0.1 * float(model.head.blur(std).median()) - 1e-7
+    with pytest.raises(EdgeADError, match="degenerate"):
+        model.set_position_statistics(mean, torch.zeros(1, 1, 64, 96))
 
 
 def test_dual_model_shapes_and_frozen_teachers():

@@ -27,6 +27,9 @@ def test_model_artifact_is_complete(tiny_model):
     model, _ = load_model(tiny_model)
     assert torch.allclose(model.head.norm_high, torch.tensor(high))
     assert not (tiny_model / "checkpoint" / "last.pt").stat().st_size == 0
+    # The edge preset z-scores the fused map per pixel with statistics of the good images.
+    assert model.head.position_norm and model.head.position_mean.shape == (1, 1, *model.head.out_hw)
+    assert float(model.head.position_std.min()) > 0 and float(model.head.position_mean.abs().max()) > 0
 
 
 def test_training_is_seeded(tiny_product, tmp_path):

@@ -57,13 +57,20 @@ class ScoringHead(nn.Module):
     tensor ops so it exports to ONNX and stays in FP32 where FP16 would underflow.
     """
 
-    def __init__(self, out_hw: tuple[int, int], fusion: str, blur_sigma: float, n_pairs: int = 2) -> None:
+    def __init__(self, out_hw: tuple[int, int], fusion: str, blur_sigma: float, n_pairs: int = 2,
+                 position_norm: bool = False) -> None:
         super().__init__()
         self.out_hw = (int(out_hw[0]), int(out_hw[1]))
         self.fusion = fusion
         self.blur_sigma = float(blur_sigma)
+        self.position_norm = position_norm
         self.register_buffer("norm_low", torch.zeros(n_pairs))
         self.register_buffer("norm_high", torch.ones(n_pairs))
+        if position_norm:
+            # Per-pixel level and spread of the fused map over the good training images (smoothed):
+            # positions where good parts vary (image borders, part edges) count less.
+            self.register_buffer("position_mean", torch.zeros(1, 1, *self.out_hw))
+            self.register_buffer("position_std", torch.ones(1, 1, *self.out_hw))
         kernel = gaussian_kernel1d(blur_sigma) if blur_sigma > 0 else torch.ones(1)
         self.register_buffer("kernel", kernel, persistent=False)
 
@@ -83,11 +90,13 @@ class ScoringHead(nn.Module):
             for i in range(1, len(maps)):
                 fused = fused * (maps[i] / self.norm_high[i])
             return fused
-        # Additive: EfficientAD-style quantile normalisation, then the mean of the pairs.
-        fused = torch.zeros_like(maps[0])
-        for i, m in enumerate(maps):
-            fused = fused + (m - self.norm_low[i]) / (self.norm_high[i] - self.norm_low[i])
-        return fused / len(maps)
+        # EfficientAD-style quantile normalisation of each pair, then their mean ("additive") or,
+        # so that a defect only one pair sees is not halved, their per-pixel maximum ("max").
+        normed = [(m - self.norm_low[i]) / (self.norm_high[i] - self.norm_low[i]) for i, m in enumerate(maps)]
+        fused = normed[0]
+        for m in normed[1:]:
+            fused = torch.maximum(fused, m) if self.fusion == "max" else fused + m
+        return fused if self.fusion == "max" else fused / len(maps)
 
     def blur(self, amap: Tensor) -> Tensor:
         k = self.kernel
@@ -100,7 +109,10 @@ class ScoringHead(nn.Module):
         return F.conv2d(x, k.view(1, 1, -1, 1))
 
     def forward(self, teacher: Features, student: Features) -> tuple[Tensor, Tensor]:
-        amap = self.blur(self.fuse(self.pair_maps(teacher, student)))
+        fused = self.fuse(self.pair_maps(teacher, student))
+        if self.position_norm:
+            fused = (fused - self.position_mean) / self.position_std
+        amap = self.blur(fused)
         score = amap.flatten(1).amax(dim=1)
         return amap, score
 
@@ -165,7 +177,8 @@ class DualKD(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.pairs = nn.ModuleList(Pair(spec, teacher_weights, cfg.input.mean, cfg.input.std) for spec in cfg.pairs)
-        self.head = ScoringHead((cfg.input.height, cfg.input.width), cfg.fusion, cfg.blur_sigma, len(cfg.pairs))
+        self.head = ScoringHead((cfg.input.height, cfg.input.width), cfg.fusion, cfg.blur_sigma, len(cfg.pairs),
+                                cfg.position_norm)
 
     def teacher_features(self, x: Tensor) -> Features:
         """Every pair's teacher features; pairs whose teachers are one network share one pass."""
@@ -231,6 +244,19 @@ class DualKD(nn.Module):
                               "or check that the good images are not all identical")
         self.head.norm_low.copy_(torch.tensor(low))
         self.head.norm_high.copy_(torch.tensor(high))
+
+    def set_position_statistics(self, mean: Tensor, std: Tensor) -> None:
+        """Per-pixel mean and spread (1 x 1 x H x W) of the fused map over good images: both are
+        smoothed with the head's blur, and the spread is floored at a tenth of its median so that
+        a position where every good part looked the same does not amplify noise without bound."""
+        head = self.head
+        mean, std = head.blur(mean.float()), head.blur(std.float())
+        floor = 0.1 * float(std.median())
+        if not math.isfinite(floor) or floor <= 0:
+            raise EdgeADError("per-position statistics are degenerate (the fused map does not vary over the good images)",
+                              "check that the good images are not all identical, or set position_norm: false")
+        head.position_mean.copy_(mean)
+        head.position_std.copy_(std.clamp_min(floor))
 
 
 def _same_network(a: Pair, b: Pair) -> bool:
