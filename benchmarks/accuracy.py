@@ -109,6 +109,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--config", help="YAML overriding the preset (for variants)")
+    ap.add_argument("--train-good", type=int, default=60, help="synthetic good training images per product "
+                    "(10 %% of them are held out for validation and the map normalisation)")
     ap.add_argument("--test-good", type=int, default=20, help="synthetic good test images per product")
     ap.add_argument("--test-defect", type=int, default=30, help="synthetic defective test images per product "
                     "(more of both: a less noisy AUROC)")
@@ -122,7 +124,7 @@ def main() -> None:
     if args.bsdata:
         datasets = [(Path(args.bsdata).name, Path(args.bsdata))]
     else:
-        datasets = [(c, generate_product(out / "data", c, args.seed, n_test_good=args.test_good,
+        datasets = [(c, generate_product(out / "data", c, args.seed, n_train=args.train_good, n_test_good=args.test_good,
                                          n_test_defect=args.test_defect)) for c in args.categories]
     rows = []
     for name, root in datasets:

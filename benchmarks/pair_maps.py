@@ -4,7 +4,10 @@ on trained models (no retraining; the maps come from the stored students and nor
     python benchmarks/pair_maps.py --models bench-out/acc-pool1/models --data bench-out/acc-pool1/data
 
 Rules: shallow or deep pair alone (normalised like the head does), the head's additive mean, the
-maximum of the normalised maps, the multiplicative product; and each shallow layer alone.
+maximum of the normalised maps, the multiplicative product; and each shallow layer alone. Then the
+model's own head as trained ("head"), and the same head with and without the per-position
+normalisation (`position_norm`): for a model trained without it, its statistics are computed here
+from the product's train/good images, as training would have.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ from edgead.model.artifact import load_model
 from edgead.model.kd import discrepancy
 from edgead.preprocess import preprocess
 
-RULES = ("shallow", "deep", "additive", "max", "multiplicative", "shallow layer 1", "shallow layer 2")
+RULES = ("shallow", "deep", "additive", "max", "multiplicative", "shallow layer 1", "shallow layer 2",
+         "head", "head, position_norm off", "head, position_norm on")
 
 
 def image_scores(model_dir: Path, root: Path) -> tuple[np.ndarray, list[str], dict[str, np.ndarray]]:
@@ -51,8 +55,39 @@ def image_scores(model_dir: Path, root: Path) -> tuple[np.ndarray, list[str], di
                 layer = F.interpolate(discrepancy(t[0][k], s[0][k]), size=head.out_hw, mode="bilinear",
                                       align_corners=False)
                 out[f"shallow layer {k + 1}"] += peak(layer)
+    trained_with = head.position_norm
+    out["head"] = _head_scores(model, samples)
+    head.position_norm = False
+    out["head, position_norm off"] = _head_scores(model, samples)
+    if not trained_with:
+        _add_position_statistics(model, root / "train" / "good")
+    head.position_norm = True
+    out["head, position_norm on"] = _head_scores(model, samples)
     labels = np.array([s.label for s in samples])
     return labels, [s.defect_type for s in samples], {r: np.array(v) for r, v in out.items()}
+
+
+def _head_scores(model, samples) -> list[float]:
+    scores: list[float] = []
+    with torch.no_grad():
+        for i in range(0, len(samples), 8):
+            x = torch.from_numpy(np.stack([preprocess(read_image(s.path), model.cfg.input) for s in samples[i:i + 8]]))
+            scores += model(x)[1].tolist()
+    return scores
+
+
+def _add_position_statistics(model, good_dir: Path) -> None:
+    """What training does for `position_norm: true`, for a model trained without it."""
+    from edgead.data.images import good_images, load_batch
+    from edgead.train import _cache_teacher, _position_statistics
+
+    images = torch.from_numpy(load_batch(good_images(good_dir), model.cfg.input)[0])
+    head = model.head
+    head.register_buffer("position_mean", torch.zeros(1, 1, *head.out_hw))
+    head.register_buffer("position_std", torch.ones(1, 1, *head.out_hw))
+    cache = _cache_teacher(model, images, 8, torch.device("cpu"))
+    with torch.no_grad():
+        _position_statistics(model, [(images, cache)], 8, torch.device("cpu"))
 
 
 def main() -> None:
