@@ -82,9 +82,7 @@ def _add_position_statistics(model, good_dir: Path) -> None:
     from edgead.train import _cache_teacher, _position_statistics
 
     images = torch.from_numpy(load_batch(good_images(good_dir), model.cfg.input)[0])
-    head = model.head
-    head.register_buffer("position_mean", torch.zeros(1, 1, *head.out_hw))
-    head.register_buffer("position_std", torch.ones(1, 1, *head.out_hw))
+    model.head.add_position_norm()
     cache = _cache_teacher(model, images, 8, torch.device("cpu"))
     with torch.no_grad():
         _position_statistics(model, [(images, cache)], 8, torch.device("cpu"))

@@ -90,11 +90,11 @@ class TrainSpec:
     val_fraction: float = 0.1
     seed: int = 0
     norm_quantile_low: float = 0.9     # EfficientAD-style map normalisation on held-out good images
+    norm_quantile_high: float = 0.995
     # The last fraction of epochs trains with the students' BatchNorm in inference mode (statistics
     # re-estimated first), so the weights adapt to the statistics inference uses: trained on batch
-    # statistics only, the deep student was 2-6x off on single good images (docs/benchmarks.md).
+    # statistics only, the deep student was up to 8x off on single good images (docs/benchmarks.md).
     bn_frozen_fraction: float = 0.25
-    norm_quantile_high: float = 0.995
 
 
 @dataclass
@@ -218,7 +218,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "blur_sigma": 4.0,
         # Good parts' maps peak at the image borders (55-75 % of good test images on the synthetic
         # products, 0-8 % of defective ones); a per-pixel z-score against the good training images
-        # removes that: worst product over three seeds 0.976 -> 0.982 (docs/benchmarks.md).
+        # removes that: worst product over four seeds 0.976 -> 0.982 (docs/benchmarks.md).
         "position_norm": True,
         "train": {},
     },

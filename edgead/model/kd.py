@@ -63,16 +63,21 @@ class ScoringHead(nn.Module):
         self.out_hw = (int(out_hw[0]), int(out_hw[1]))
         self.fusion = fusion
         self.blur_sigma = float(blur_sigma)
-        self.position_norm = position_norm
+        self.position_norm = False
         self.register_buffer("norm_low", torch.zeros(n_pairs))
         self.register_buffer("norm_high", torch.ones(n_pairs))
         if position_norm:
-            # Per-pixel level and spread of the fused map over the good training images (smoothed):
-            # positions where good parts vary (image borders, part edges) count less.
-            self.register_buffer("position_mean", torch.zeros(1, 1, *self.out_hw))
-            self.register_buffer("position_std", torch.ones(1, 1, *self.out_hw))
+            self.add_position_norm()
         kernel = gaussian_kernel1d(blur_sigma) if blur_sigma > 0 else torch.ones(1)
         self.register_buffer("kernel", kernel, persistent=False)
+
+    def add_position_norm(self) -> None:
+        """Per-pixel level and spread of the fused map over the good training images (smoothed, set
+        by `DualKD.set_position_statistics`): positions where good parts vary (image borders, part
+        edges) count less."""
+        self.register_buffer("position_mean", torch.zeros(1, 1, *self.out_hw))
+        self.register_buffer("position_std", torch.ones(1, 1, *self.out_hw))
+        self.position_norm = True
 
     def pair_maps(self, teacher: Features, student: Features) -> list[Tensor]:
         maps = []
