@@ -216,7 +216,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         # where the deep map is flat; the additive one stayed within 0.01 elsewhere (docs/benchmarks.md).
         "fusion": "additive",
         "blur_sigma": 4.0,
-        # Good parts' maps peak at the image borders (55-75 % of good test images on the synthetic
+        # Good parts' maps peak at the image borders (38-75 % of good test images on the synthetic
         # products, 0-8 % of defective ones); a per-pixel z-score against the good training images
         # removes that: worst product over four seeds 0.976 -> 0.982 (docs/benchmarks.md).
         "position_norm": True,
