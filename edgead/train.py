@@ -95,7 +95,7 @@ def recalibrate_batchnorm(model: DualKD, images: torch.Tensor, batch_size: int, 
     Training normalises with batch statistics; inference uses running statistics. Re-estimating them
     with the final weights makes inference see what training saw.
     """
-    bns = [m for p in model.pairs for m in p.student.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    bns = _student_batchnorms(model)
     if not bns:
         return
     saved = [m.momentum for m in bns]
@@ -113,10 +113,12 @@ def recalibrate_batchnorm(model: DualKD, images: torch.Tensor, batch_size: int, 
 def freeze_batchnorm(model: DualKD) -> None:
     """Students' BatchNorm layers normalise with their running statistics and stop updating them
     (their scale and shift still learn); call after `model.train()`."""
-    for pair in model.pairs:
-        for m in pair.student.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.eval()
+    for m in _student_batchnorms(model):
+        m.eval()
+
+
+def _student_batchnorms(model: DualKD) -> list[torch.nn.BatchNorm2d]:
+    return [m for p in model.pairs for m in p.student.modules() if isinstance(m, torch.nn.BatchNorm2d)]
 
 
 def bn_frozen_from(cfg: ModelConfig) -> int:
