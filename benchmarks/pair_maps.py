@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from edgead.data.images import read_image
 from edgead.data.mvtec import test_samples
+from edgead.evaluate import score_samples
 from edgead.metrics import auroc
 from edgead.model.artifact import load_model
 from edgead.model.kd import discrepancy
@@ -78,19 +79,12 @@ BORDER_PX = 8
 def _head_scores(model, samples, near_border: list[bool] | None = None) -> list[float]:
     """The head's image scores; `near_border` (if given) collects whether each map's peak lies
     within BORDER_PX of the image border."""
-    scores: list[float] = []
-    with torch.no_grad():
-        for i in range(0, len(samples), 8):
-            x = torch.from_numpy(np.stack([preprocess(read_image(s.path), model.cfg.input) for s in samples[i:i + 8]]))
-            amap, score = model(x)
-            scores += score.tolist()
-            if near_border is not None:
-                h, w = amap.shape[-2:]
-                at = amap.flatten(1).argmax(1)
-                y, x_ = at // w, at % w
-                near = (y < BORDER_PX) | (y >= h - BORDER_PX) | (x_ < BORDER_PX) | (x_ >= w - BORDER_PX)
-                near_border += near.tolist()
-    return scores
+    _, scores, maps, _ = score_samples(model, samples, 8, torch.device("cpu"))
+    if near_border is not None:
+        h, w = maps.shape[-2:]
+        y, x = np.unravel_index(maps.reshape(len(maps), -1).argmax(1), (h, w))
+        near_border += ((y < BORDER_PX) | (y >= h - BORDER_PX) | (x < BORDER_PX) | (x >= w - BORDER_PX)).tolist()
+    return scores.tolist()
 
 
 def _add_position_statistics(model, good_dir: Path) -> None:
