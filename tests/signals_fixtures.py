@@ -1,6 +1,7 @@
 """Real peers for the reject-output tests, all on 127.0.0.1 and free ports: a pymodbus TCP server,
 a mosquitto broker (restartable), an HTTP server with scripted failures, and a pty pair standing in
-for a serial cable. Plus the fakes (clock, GPIO lines) for what cannot run here.
+for a serial cable. Stuck peers (a TCP port that never answers, a full pty, a full pipe) for the
+"reject() never waits on I/O" tests. Plus the fakes (clock, GPIO lines) for what cannot run here.
 
 Import the fixtures by name from the test modules: `from signals_fixtures import modbus_server`.
 """
@@ -390,3 +391,65 @@ def pty_peer() -> Iterator[PtyPeer]:
     peer = PtyPeer()
     yield peer
     peer.close()
+
+
+# ---------------------------------------------------------------- stuck peers: any I/O to them waits
+
+
+@pytest.fixture
+def tcp_black_hole() -> Iterator[int]:
+    """A port that completes the TCP handshake (in the kernel's backlog) and never answers: a hung PLC."""
+    with socket.socket() as s:
+        s.bind((LOOPBACK, 0))
+        s.listen(64)
+        yield int(s.getsockname()[1])
+
+
+def fill_pty(path: str) -> None:
+    """Fill a pty's buffer from the slave side: with nobody reading the master, the next write blocks."""
+    fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_NOCTTY)
+    try:
+        while True:
+            os.write(fd, b"\0" * 1024)
+    except BlockingIOError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class StuckFifo:
+    """A named pipe filled to the brim: a file (a log on a stalled disk) whose writes block until release()."""
+
+    def __init__(self, path: Path) -> None:
+        os.mkfifo(path)
+        self.path = path
+        self._reader = os.open(path, os.O_RDONLY | os.O_NONBLOCK)   # so a writer can open it at once
+        self._filler = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+        try:
+            while True:
+                os.write(self._filler, b"\n" * 4096)
+        except BlockingIOError:
+            pass
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def release(self) -> None:
+        """Drain from now on: blocked writes go through."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._drain, name="stuck-fifo-drain", daemon=True)
+            self._thread.start()
+
+    def _drain(self) -> None:
+        while not self._stop.is_set():
+            if select.select([self._reader], [], [], 0.05)[0]:
+                try:
+                    os.read(self._reader, 65536)
+                except BlockingIOError:
+                    pass
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2)
+        os.close(self._filler)
+        os.close(self._reader)
