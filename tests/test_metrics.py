@@ -68,15 +68,19 @@ def test_one_class_labels_give_nan() -> None:
 
 
 def test_bad_input_raises_edgead_and_value_error() -> None:
-    with pytest.raises(EdgeADError):
+    # each match is the whole message (str() adds "\n  hint: ..."): a check that fires for the wrong reason fails
+    with pytest.raises(EdgeADError, match=r"^labels must be 0 \(good\) or 1 \(defective\)\n") as e:
         M.auroc(np.array([0, 1, 2]), np.array([0.1, 0.2, 0.3]))
-    with pytest.raises(ValueError):
+    assert isinstance(e.value, ValueError)
+    with pytest.raises(ValueError, match=r"^2 labels but 3 scores\n") as e:
         M.auroc(np.array([0, 1]), np.array([0.1, 0.2, 0.3]))
-    with pytest.raises(ValueError, match="NaN"):
+    assert isinstance(e.value, EdgeADError)
+    with pytest.raises(ValueError, match=r"^scores contain NaN or inf\n"):
         M.auroc(np.array([0, 1]), np.array([0.1, np.nan]))
-    with pytest.raises(EdgeADError, match="resize"):
+    with pytest.raises(EdgeADError, match=r"^mask shape \(4, 4\) differs from anomaly map shape \(8, 8\)\n") as e:
         M.pixel_auroc(np.zeros((1, 4, 4)), np.zeros((1, 8, 8)))
-    with pytest.raises(ValueError):
+    assert "resize" in e.value.hint
+    with pytest.raises(ValueError, match=r"^max_fpr must be in \(0, 1\], got 0\.0$"):
         M.aupro(np.zeros((1, 4, 4)), np.zeros((1, 4, 4)), max_fpr=0.0)
 
 
