@@ -265,8 +265,8 @@ def test_slow_engine_parts_get_the_safe_action_at_their_deadline(engine, calibra
     _check_every_part_once(summary, sink, 6)
     assert summary["safe_actions"] == 6 and summary["safe_actions_by_reason"] == {"deadline": 6}
     assert all(e.decision == "safe_reject" and e.reason == "deadline" for e in sink.events)
-    # fired by the watchdog at the deadline, not when the engine finally answered
-    assert max(e.latency_ms["total"] for e in sink.events) < 100 + 150
+    # fired by the watchdog at the deadline, not when the engine finally answered (>= 400 ms: its delay)
+    assert max(e.latency_ms["total"] for e in sink.events) < 400
     assert summary["late_decisions"] >= 1 and summary["alarms"] >= 6
 
 
@@ -290,8 +290,9 @@ def test_engine_that_raises(engine, calibration, detector, frames):
 def test_stalling_source(engine, calibration, detector, frames):
     """Frames delivered after their deadline are safe-rejected; frames the camera lost were parts too."""
     images, _ = frames
-    src = ListSource(images[:8], stall={2: 0.3, 3: 0.3}, skip={5, 6})
-    summary, sink, _ = _run(engine, calibration, detector, src, deadline_ms=150)
+    # deadline 600 ms: an on-time frame meets it on a loaded 2-core box; a 1.2 s stall never does
+    src = ListSource(images[:8], stall={2: 1.2, 3: 1.2}, skip={5, 6})
+    summary, sink, _ = _run(engine, calibration, detector, src, deadline_ms=600)
     _check_every_part_once(summary, sink, 8)
     by_seq = {e.seq: e for e in sink.events}
     assert by_seq[2].reason == by_seq[3].reason == "deadline"
@@ -409,6 +410,16 @@ def _get(url: str, timeout: float = 5.0) -> tuple[int, dict, bytes]:
         return e.code, dict(e.headers), e.read()
 
 
+def _samples(text: str) -> dict[str, float]:
+    """Prometheus text exposition -> {name{labels}: value}, in the order served."""
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            out[name] = float(value)
+    return out
+
+
 def test_http_endpoints(engine, calibration, detector, frames):
     images, _ = frames
     src = ListSource(images, period_s=0.02, forever=True)
@@ -425,14 +436,24 @@ def test_http_endpoints(engine, calibration, detector, frames):
         base = next(s for s in logs if "live view on" in s).split()[3].rstrip("/")
         code, _, body = _get(base + "/health")
         health = json.loads(body)
-        assert code == 200 and health["status"] in ("ok", "alarm") and health["parts"] >= 1
+        # nothing in this run raises an alarm (healthy sink, 5 s deadline): anything but "ok" is a bug
+        assert code == 200 and health["status"] == "ok" and health["last_alarm"] is None
+        assert health["parts"] >= 5 and health["safe_actions"] == 0 and health["camera"] == "fake"
         code, _, body = _get(base + "/metrics")
-        text = body.decode()
         assert code == 200
-        for name in ("edgead_frames_total", "edgead_parts_total{decision=", "edgead_safe_actions_total",
-                     'edgead_latency_seconds_bucket{stage="total",le="0.001"}', 'edgead_queue_depth{queue="infer"}',
-                     "edgead_camera_reconnects_total"):
-            assert name in text
+        samples = _samples(body.decode())
+        for name in ("edgead_frames_total", 'edgead_latency_seconds_bucket{stage="total",le="0.001"}',
+                     'edgead_queue_depth{queue="infer"}', "edgead_camera_reconnects_total"):
+            assert name in samples, name
+        # values, read after /health: counters only grow, and every part so far passed or was rejected
+        parts = {k: v for k, v in samples.items() if k.startswith("edgead_parts_total{")}
+        assert set(parts) <= {'edgead_parts_total{decision="pass"}', 'edgead_parts_total{decision="reject"}'}
+        assert sum(parts.values()) >= health["parts"] and samples["edgead_frames_total"] >= sum(parts.values())
+        assert sum(v for k, v in samples.items() if k.startswith("edgead_safe_actions_total")) == 0
+        assert samples["edgead_camera_reconnects_total"] == 0
+        buckets = [v for k, v in samples.items() if k.startswith('edgead_latency_seconds_bucket{stage="total"')]
+        assert buckets == sorted(buckets) and buckets[-1] == samples['edgead_latency_seconds_count{stage="total"}']
+        assert buckets[-1] >= health["parts"]
         with urllib.request.urlopen(base + "/stream", timeout=5) as r:
             assert r.headers["Content-Type"].startswith("multipart/x-mixed-replace")
             head = r.read(200)
