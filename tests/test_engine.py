@@ -148,9 +148,10 @@ def test_bench_reports_every_backend(engine, tmp_path, capsys):
     assert "p99 ms" in capsys.readouterr().out
 
 
-def test_max_fusion_engine_matches_torch(tiny_model, tiny_product, tmp_path):
-    """The head is part of the exported graph: a model whose config says `fusion: max` scores the same
-    through ONNX Runtime as through Torch."""
+@pytest.mark.parametrize("fusion", ["max", "multiplicative"])
+def test_fusion_engine_matches_torch(tiny_model, tiny_product, tmp_path, fusion):
+    """The head is part of the exported graph: a model whose config names another fusion scores the
+    same through ONNX Runtime as through Torch."""
     import yaml
 
     from edgead.build_engine import build_engine
@@ -158,11 +159,69 @@ def test_max_fusion_engine_matches_torch(tiny_model, tiny_product, tmp_path):
     model = tmp_path / "model"
     shutil.copytree(tiny_model, model)
     cfg = yaml.safe_load((model / "config.yaml").read_text())
-    cfg["fusion"] = "max"
+    cfg["fusion"] = fusion
     (model / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     build_engine(model, tmp_path / "engine", max_batch=4, log=lambda s: None)
     x, _ = _images(tiny_product, tmp_path / "engine")
     s_ort, m_ort = load_detector(tmp_path / "engine", "onnxruntime", "fp32").infer(x)
     s_t, m_t = TorchDetector(model).infer(x)
-    assert TorchDetector(model).model.head.fusion == "max"
+    assert TorchDetector(model).model.head.fusion == fusion
     assert float(np.abs(m_ort - m_t).max()) <= 1e-4 * float(m_t.max() - m_t.min())
+
+
+def _stand_in_weights(folder, arch, layers, images):
+    """A checkpoint of `arch` in our own naming, for the `paper` preset whose ImageNet files cannot be
+    downloaded here: random convolutions, with BatchNorm statistics estimated on the product's images
+    so activations keep a unit scale as in a trained network (left at their defaults, B0's features
+    reach 1e4 and its BatchNorm fold is ill-conditioned)."""
+    import torch
+
+    from edgead.model.backbones import build_feature_extractor
+
+    torch.manual_seed(0)
+    net = build_feature_extractor(arch, layers)
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.reset_running_stats()
+            m.momentum = None                       # a plain average over the batches below
+    net.train()
+    with torch.no_grad():
+        for _ in range(3):
+            net(torch.from_numpy(images))
+    path = folder / f"{arch}.pt"
+    torch.save(net.eval().state_dict(), path)
+    return str(path)
+
+
+def test_paper_preset_trains_exports_and_matches_torch(tiny_product, tmp_path, capsys):
+    """The reference preset (ResNet18 + EfficientNet-B0 teachers, B0 student started from its teacher,
+    multiplicative fusion) through train, build-engine and ONNX Runtime against Torch."""
+    import yaml
+
+    from edgead.config import load_config
+
+    pairs = load_config("paper").to_dict()["pairs"]
+    spec = PreprocessSpec(height=64, width=64)             # the paper preset's ImageNet normalisation
+    images = np.stack([preprocess(read_image(p), spec) for p in sorted((tiny_product / "train" / "good").iterdir())])
+    for pair in pairs:
+        t = pair["teacher"]
+        t["weights"] = _stand_in_weights(tmp_path, t["arch"], t["layers"], images)
+    (tmp_path / "paper.yaml").write_text(yaml.safe_dump({"input": {"height": 64, "width": 64}, "pairs": pairs}))
+    model, engine = tmp_path / "model", tmp_path / "engine"
+    assert main(["train", "--preset", "paper", "--config", str(tmp_path / "paper.yaml"), "--data",
+                 str(tiny_product), "--out", str(model), "--epochs", "1", "--batch-size", "4", "--no-progress"]) == 0
+    assert main(["build-engine", "--model", str(model), "--out", str(engine), "--backend", "onnxruntime"]) == 0
+    capsys.readouterr()
+    cfg = yaml.safe_load((model / "config.yaml").read_text())
+    assert cfg["preset"] == "paper" and cfg["fusion"] == "multiplicative"
+    assert [p["teacher"]["arch"] for p in cfg["pairs"]] == ["resnet18", "efficientnet_b0"]
+    torch_det = TorchDetector(model)
+    assert torch_det.model.head.fusion == "multiplicative" and not torch_det.model.head.position_norm
+    # The product's images only: the 1-epoch student over stand-in teachers amplifies rounding on
+    # noise far from anything it saw (up to 3 % of the map's spread; 1e-6 on the images).
+    x = _images(tiny_product, engine)[0][:-3]
+    s_ort, m_ort = load_detector(engine, "onnxruntime", "fp32").infer(x)
+    s_t, m_t = torch_det.infer(x)
+    assert m_ort.shape == m_t.shape == (len(x), 64, 64) and np.isfinite(s_t).all()
+    assert float(np.abs(m_ort - m_t).max()) <= 1e-4 * float(m_t.max() - m_t.min())
+    assert np.allclose(s_ort, s_t, rtol=1e-4, atol=1e-4 * float(np.ptp(s_t)))
