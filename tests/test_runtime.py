@@ -596,3 +596,61 @@ def test_threads_option_reaches_onnx_runtime_and_changes_no_number(engine, detec
     one = load_detector(engine, "onnxruntime", "fp32", threads=1)
     assert one.teacher.get_session_options().intra_op_num_threads == 1
     np.testing.assert_allclose(one.infer(x)[0], detector.infer(x)[0], rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------- flags through the CLI
+
+
+def _folder_of(images, folder: Path) -> Path:
+    folder.mkdir()
+    for k, img in enumerate(images):
+        cv2.imwrite(str(folder / f"p{k}.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+    return folder
+
+
+def test_threads_flag_reaches_the_engine_and_the_run_record(engine, calibration, frames, tmp_path, monkeypatch,
+                                                           capsys):
+    import edgead.backends as backends
+    from edgead.cli import main
+
+    opened = []
+    real = backends.load_detector
+
+    def spy(*args, **kwargs):
+        opened.append(real(*args, **kwargs))
+        return opened[-1]
+
+    monkeypatch.setattr(backends, "load_detector", spy)      # run imports it from there when it starts
+    folder = _folder_of(frames[0][:4], tmp_path / "parts")
+    assert main(["run", "--engine", str(engine), "--calibration", str(calibration), "--camera", str(folder),
+                 "--threads", "1", "--deadline-ms", "5000", "--record", str(tmp_path / "runs")]) == 0
+    capsys.readouterr()
+    det, = opened
+    assert det.teacher.get_session_options().intra_op_num_threads == 1
+    assert det.student.get_session_options().intra_op_num_threads == 1
+    run_json, = (tmp_path / "runs").glob("*/run.json")
+    record = json.loads(run_json.read_text())
+    assert record["config"]["threads"] == 1 and record["summary"]["parts"] == 4
+
+
+def test_allow_degraded_starts_with_an_unreachable_output(engine, calibration, frames, tmp_path, capsys):
+    from signals_fixtures import free_port
+
+    from edgead.cli import main
+
+    folder = _folder_of(frames[0][:4], tmp_path / "parts")
+    (tmp_path / "run.yaml").write_text(f"outputs:\n  - type: modbus\n    host: 127.0.0.1\n    port: {free_port()}\n"
+                                       "    coil: 3\n")
+    args = ["run", "--engine", str(engine), "--calibration", str(calibration), "--camera", str(folder),
+            "--config", str(tmp_path / "run.yaml"), "--deadline-ms", "5000", "--record", str(tmp_path / "runs")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "output 'modbus' is unreachable" in err and "--allow-degraded" in err and "Traceback" not in err
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").glob("*/events.jsonl"))
+    assert main([*args, "--allow-degraded"]) == 0
+    captured = capsys.readouterr()
+    assert "running degraded: output 'modbus' is unreachable: cannot connect to 127.0.0.1:" in captured.err
+    run_json, = (tmp_path / "runs").glob("*/run.json")
+    record = json.loads(run_json.read_text())
+    assert record["config"]["allow_degraded"] is True and record["summary"]["parts"] == 4
+    assert "edgead run: 4 frames, 4 parts" in captured.out

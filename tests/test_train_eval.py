@@ -172,3 +172,21 @@ def test_help_lists_verbs(capsys):
     out = capsys.readouterr().out
     for verb in ("synth", "train", "eval", "demo"):
         assert verb in out
+
+
+def test_print_config_shows_the_resolved_config_and_trains_nothing(tmp_path, capsys):
+    import yaml
+
+    f = tmp_path / "c.yaml"
+    f.write_text("train: {epochs: 7}\n")
+    assert main(["train", "--config", str(f), "--size", "48", "80", "--fusion", "max", "--batch-size", "3",
+                 "--print-config", "--out", str(tmp_path / "m")]) == 0
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    assert cfg["preset"] == "edge" and cfg["fusion"] == "max" and cfg["position_norm"] is True
+    assert (cfg["input"]["height"], cfg["input"]["width"]) == (48, 80)
+    assert cfg["train"]["epochs"] == 7 and cfg["train"]["batch_size"] == 3
+    assert [p["teacher"]["arch"] for p in cfg["pairs"]] == ["efficientnet_lite0", "efficientnet_lite0"]
+    assert not (tmp_path / "m").exists()
+    assert main(["train", "--preset", "paper", "--print-config"]) == 0
+    paper = yaml.safe_load(capsys.readouterr().out)
+    assert paper["fusion"] == "multiplicative" and paper["pairs"][0]["teacher"]["arch"] == "resnet18"
