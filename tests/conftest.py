@@ -30,7 +30,8 @@ def pytest_configure(config: pytest.Config) -> None:
 def _skip_reason(report: Any) -> str:
     longrepr = report.longrepr
     if isinstance(longrepr, tuple) and len(longrepr) == 3:
-        return str(longrepr[2]).removeprefix("Skipped: ")
+        reason = str(longrepr[2])
+        return reason[len("Skipped: "):] if reason.startswith("Skipped: ") else reason   # 3.8-safe
     return str(longrepr)
 
 
