@@ -194,6 +194,14 @@ def _run(engine, calibration, detector, source, sinks=None, logs=None, **cfg):
     return summary, sink, out
 
 
+def _folder_of(images: list[np.ndarray], folder: Path) -> Path:
+    """The frames as an image folder, named so that name order (the replay's order) is frame order."""
+    folder.mkdir()
+    for k, img in enumerate(images):
+        cv2.imwrite(str(folder / f"part_{k:03d}.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+    return folder
+
+
 def _lines(summary) -> list[dict]:
     path = Path(summary["record_dir"]) / "events.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()]
@@ -240,10 +248,7 @@ def test_image_folder_end_to_end_with_log_output(engine, calibration, frames, tm
     from edgead.run import run
 
     images, labels = frames
-    folder = tmp_path / "parts"
-    folder.mkdir()
-    for k, img in enumerate(images):
-        cv2.imwrite(str(folder / f"part_{k:03d}.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+    folder = _folder_of(images, tmp_path / "parts")
     cfg = from_dict({"engine": str(engine), "calibration": str(calibration), "camera": str(folder),
                      "deadline_ms": 5000, "record": str(tmp_path / "runs"),
                      "outputs": [{"type": "log", "path": str(tmp_path / "out.jsonl")}]})
@@ -490,10 +495,7 @@ def test_metrics_text_format():
 
 def test_sigterm_leaves_complete_logs(engine, calibration, frames, tmp_path):
     images, _ = frames
-    folder = tmp_path / "parts"
-    folder.mkdir()
-    for k, img in enumerate(images[:4]):
-        cv2.imwrite(str(folder / f"p{k}.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+    folder = _folder_of(images[:4], tmp_path / "parts")
     (tmp_path / "run.yaml").write_text(f"camera:\n  source: {folder}\n  frame_rate: 8\n  loop: true\n"
                                        "deadline_ms: 5000\n")
     runs = tmp_path / "runs"
@@ -599,13 +601,6 @@ def test_threads_option_reaches_onnx_runtime_and_changes_no_number(engine, detec
 
 
 # ---------------------------------------------------------------- flags through the CLI
-
-
-def _folder_of(images, folder: Path) -> Path:
-    folder.mkdir()
-    for k, img in enumerate(images):
-        cv2.imwrite(str(folder / f"p{k}.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
-    return folder
 
 
 def test_threads_flag_reaches_the_engine_and_the_run_record(engine, calibration, frames, tmp_path, monkeypatch,
