@@ -20,14 +20,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from edgead.config import load_config
+from edgead.model.config import load_config
 from edgead.data.mvtec import test_samples
 from edgead.data.synth import CATEGORIES, generate_product
 from edgead.errors import EdgeADError
-from edgead.evaluate import load_masks, score_samples
-from edgead.metrics import evaluate_predictions
+from edgead.training.evaluate import load_masks, score_samples
+from edgead.training.metrics import evaluate_predictions
 from edgead.model.artifact import load_model
-from edgead.train import train
+from edgead.training.train import train
 
 
 def run_one(name: str, root: Path, preset: str, fusions: list[str], out: Path, overrides: dict,

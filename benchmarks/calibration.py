@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from edgead import thresholds as T
+from edgead.decide import thresholds as T
 from edgead.backends import load_detector
-from edgead.build_engine import build_engine
-from edgead.calibrate import engine_info, score_images
+from edgead.export.build import build_engine
+from edgead.decide.calibrate import engine_info, score_images
 from edgead.data.images import list_images
 from edgead.data.mvtec import test_samples
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import edgead.demo as demo
+import edgead.demo.demo as demo
 
 
 def main() -> None:

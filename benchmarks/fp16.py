@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 
 from edgead.backends import load_detector
-from edgead.backends.torch import TorchDetector
-from edgead.build_engine import build_engine
+from edgead.backends.reference import TorchDetector
+from edgead.export.build import build_engine
 from edgead.data.images import read_image
 from edgead.data.mvtec import test_samples
-from edgead.metrics import auroc
+from edgead.training.metrics import auroc
 from edgead.preprocess import PreprocessSpec, preprocess
 
 

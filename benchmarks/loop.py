@@ -25,11 +25,11 @@ from pathlib import Path
 import numpy as np
 
 from edgead.backends import load_detector
-from edgead.calibrate import Scored, build_record, engine_info, write_record
-from edgead import conveyor
+from edgead.decide.calibrate import Scored, build_record, engine_info, write_record
+from edgead.demo.demo import conveyor
 from edgead.data.images import list_images, read_image
 from edgead.preprocess import preprocess
-from edgead.run import run
+from edgead.runtime.run import run
 from edgead.runtime.config import from_dict
 
 
@@ -80,9 +80,9 @@ def loop_run(engine: Path, cal: Path, video: Path, detector, max_batch: int, fps
 
 def tiny_model(out: Path) -> tuple[str, str]:
     """What tests/conftest.py builds: a 96x96 synthetic washer, 2 epochs at 64x64 (needs the training extra)."""
-    from edgead.config import load_config
+    from edgead.model.config import load_config
     from edgead.data.synth import generate_product
-    from edgead.train import train
+    from edgead.training.train import train
 
     product = generate_product(out / "synth", "washer", seed=3, n_train=16, n_test_good=6, n_test_defect=8,
                                size=(96, 96))
@@ -117,7 +117,7 @@ def main() -> None:
     if not args.data:
         ap.error("--data is required with --engine and --model")
     if args.model:
-        from edgead.build_engine import build_engine
+        from edgead.export.build import build_engine
 
         engine = out / "engine"
         if not (args.tiny and (engine / "manifest.json").exists()):  # --tiny: reuse what an earlier run built

@@ -22,8 +22,8 @@ import torch.nn.functional as F
 
 from edgead.data.images import read_image
 from edgead.data.mvtec import test_samples
-from edgead.evaluate import score_samples
-from edgead.metrics import auroc
+from edgead.training.evaluate import score_samples
+from edgead.training.metrics import auroc
 from edgead.model.artifact import load_model
 from edgead.model.kd import discrepancy
 from edgead.preprocess import preprocess
@@ -90,7 +90,7 @@ def _head_scores(model, samples, near_border: list[bool] | None = None) -> list[
 def _add_position_statistics(model, good_dir: Path) -> None:
     """What training does for `position_norm: true`, for a model trained without it."""
     from edgead.data.images import good_images, load_batch
-    from edgead.train import _cache_teacher, _position_statistics
+    from edgead.training.train import _cache_teacher, _position_statistics
 
     images = torch.from_numpy(load_batch(good_images(good_dir), model.cfg.input)[0])
     model.head.add_position_norm()

@@ -21,9 +21,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from edgead.backends import load_detector
 from edgead.backends.onnxruntime import default_threads
-from edgead.backends.torch import TorchDetector
-from edgead.build_engine import build_engine
-from edgead.export import StudentGraph, TeacherGraph
+from edgead.backends.reference import TorchDetector
+from edgead.export.build import build_engine
+from edgead.export.onnx import StudentGraph, TeacherGraph
 from edgead.model.artifact import load_model
 
 

@@ -46,7 +46,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from edgead.config import load_config
+    from edgead.model.config import load_config
     import yaml
 
     cfg = load_config(args.preset, args.config, _overrides(args))
@@ -55,7 +55,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     if not args.data or not args.out:
         raise EdgeADError("train needs --data DIR and --out models/NAME", "see `edgead train --help`")
-    from edgead.train import train
+    from edgead.training.train import train
 
     result = train(args.data, args.out, cfg, skip_bad=args.skip_bad, resume=args.resume,
                    overwrite=args.overwrite, device=args.device, progress=not args.no_progress)
@@ -69,7 +69,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from edgead.evaluate import evaluate
+    from edgead.training.evaluate import evaluate
 
     out = args.out or str(Path(args.model) / "eval")
     result = evaluate(args.model, args.data, out, batch_size=args.batch_size, device=args.device,
@@ -88,7 +88,7 @@ def print_metrics(result: dict) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from edgead.demo import run_demo
+    from edgead.demo.demo import run_demo
 
     run_demo(Path(args.out), quick=args.quick, data=args.data, epochs=args.epochs, seed=args.seed,
              report_dir=Path(args.report), size=tuple(args.size) if args.size else None)
@@ -97,7 +97,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_build_engine(args: argparse.Namespace) -> int:
     if args.engine:
-        from edgead.rebuild import rebuild_tensorrt
+        from edgead.export.rebuild import rebuild_tensorrt
 
         if args.out or args.map_size or args.backend not in ("auto", "tensorrt"):
             raise EdgeADError("--engine rebuilds TensorRT engines in that folder; --out, --map-size and --backend "
@@ -105,7 +105,7 @@ def cmd_build_engine(args: argparse.Namespace) -> int:
         rebuild_tensorrt(args.engine, precision=args.precision, max_batch=args.max_batch_given,
                          workspace_mib=args.workspace, dla_core=args.dla)
         return 0
-    from edgead.build_engine import build_engine
+    from edgead.export.build import build_engine
 
     build_engine(args.model, args.out, backend=args.backend, precision=args.precision,
                  max_batch=8 if args.max_batch_given is None else args.max_batch_given,
@@ -115,7 +115,7 @@ def cmd_build_engine(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from edgead.bench import bench
+    from edgead.backends.bench import bench
 
     bench(args.engine, batches=args.batch, iters=args.iters, warmup=args.warmup, with_torch=not args.no_torch,
           backends=args.backend, out=args.out)
@@ -123,7 +123,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from edgead.calibrate import EXIT_DRIFT, calibrate, check_drift
+    from edgead.decide.calibrate import EXIT_DRIFT, calibrate, check_drift
 
     if args.check:
         given = [f"--{k}" for k, v in (("defects", args.defects), ("target-frr", args.target_frr),
@@ -147,7 +147,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from edgead.run import run
+    from edgead.runtime.run import run
     from edgead.runtime.config import load_run_config
 
     over: dict = {k: v for k, v in (("engine", args.engine), ("calibration", args.calibration),
@@ -173,7 +173,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_signals_test(args: argparse.Namespace) -> int:
-    from edgead.signals.test_pulse import signals_test
+    from edgead.signals.wiring_check import signals_test
 
     return signals_test(args.config)
 

@@ -68,8 +68,8 @@ def tiny_product(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory, tiny_product) -> Path:
-    from edgead.config import load_config
-    from edgead.train import train
+    from edgead.model.config import load_config
+    from edgead.training.train import train
 
     out = tmp_path_factory.mktemp("models") / "tiny"
     cfg = load_config("edge", overrides={"input": TINY, "train": {"epochs": 2, "batch_size": 4, "val_fraction": 0.2}})

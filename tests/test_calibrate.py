@@ -18,8 +18,8 @@ import pytest
 import yaml
 
 from edgead import __version__
-from edgead import thresholds as T
-from edgead.calibrate import (KIND, Scored, build_record, decide, load_calibration, read_calibration,
+from edgead.decide import thresholds as T
+from edgead.decide.calibrate import (KIND, Scored, build_record, decide, load_calibration, read_calibration,
                               write_record)
 from edgead.cli import main
 from edgead.errors import EdgeADError
@@ -129,7 +129,7 @@ def test_threshold_must_be_a_number(tmp_path):
 
 @pytest.fixture(scope="module")
 def engine(tiny_model, tmp_path_factory) -> Path:
-    from edgead.build_engine import build_engine
+    from edgead.export.build import build_engine
 
     out = tmp_path_factory.mktemp("engines") / "tiny"
     build_engine(tiny_model, out, max_batch=4, log=lambda s: None)
@@ -185,7 +185,7 @@ def test_calibration_record_contents(calibrated, engine, held_out, tiny_product)
     # The threshold is the quantile of the engine's own scores on every held-out image: exactly the
     # 11 = 10 % of 110 that the record counts lie above it, and the escape rate is the share of the
     # defective images whose score is not above it.
-    from edgead.calibrate import defect_paths, engine_info, score_images
+    from edgead.decide.calibrate import defect_paths, engine_info, score_images
     from edgead.data.images import list_images
 
     spec, _ = engine_info(engine, det)

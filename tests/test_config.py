@@ -2,7 +2,7 @@
 
 import pytest
 
-from edgead.config import PRESETS, ModelConfig, load_config
+from edgead.model.config import PRESETS, ModelConfig, load_config
 from edgead.errors import EdgeADError
 
 

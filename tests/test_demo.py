@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 
 from edgead.cli import main
-from edgead.conveyor import Part, score_run, stage_latencies
-from edgead.demo import split_good
+from edgead.demo.conveyor import Part, score_run, stage_latencies
+from edgead.demo.demo import split_good
 from edgead.errors import EdgeADError
 
 

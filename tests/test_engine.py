@@ -8,7 +8,7 @@ import pytest
 
 from edgead.backends import load_detector
 from edgead.backends.manifest import MANIFEST
-from edgead.backends.torch import TorchDetector
+from edgead.backends.reference import TorchDetector
 from edgead.cli import main
 from edgead.data.images import read_image
 from edgead.data.mvtec import test_samples
@@ -18,7 +18,7 @@ from edgead.preprocess import PreprocessSpec, preprocess
 
 @pytest.fixture(scope="module")
 def engine(tiny_model, tmp_path_factory):
-    from edgead.build_engine import build_engine
+    from edgead.export.build import build_engine
 
     out = tmp_path_factory.mktemp("engines") / "tiny"
     build_engine(tiny_model, out, max_batch=4, log=lambda s: None)
@@ -154,7 +154,7 @@ def test_fusion_engine_matches_torch(tiny_model, tiny_product, tmp_path, fusion)
     same through ONNX Runtime as through Torch."""
     import yaml
 
-    from edgead.build_engine import build_engine
+    from edgead.export.build import build_engine
 
     model = tmp_path / "model"
     shutil.copytree(tiny_model, model)
@@ -198,7 +198,7 @@ def test_paper_preset_trains_exports_and_matches_torch(tiny_product, tmp_path, c
     multiplicative fusion) through train, build-engine and ONNX Runtime against Torch."""
     import yaml
 
-    from edgead.config import load_config
+    from edgead.model.config import load_config
 
     pairs = load_config("paper").to_dict()["pairs"]
     spec = PreprocessSpec(height=64, width=64)             # the paper preset's ImageNet normalisation

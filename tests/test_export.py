@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from edgead.errors import EdgeADError
-from edgead.export import export_onnx, export_onnx_fp16, fold_batchnorm
+from edgead.export.onnx import export_onnx, export_onnx_fp16, fold_batchnorm
 from edgead.model.artifact import load_model
 
 

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edgead import figures as F
+from edgead.training import figures as F
 
 
 def _png(path: Path) -> np.ndarray:
@@ -70,7 +70,7 @@ def _axes_box(img: np.ndarray) -> tuple[int, int, int, int]:
 def test_import_does_not_load_matplotlib() -> None:
     import subprocess
 
-    code = "import sys, edgead.figures; print('matplotlib' in sys.modules)"
+    code = "import sys, edgead.training.figures; print('matplotlib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

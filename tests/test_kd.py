@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from edgead.config import load_config
+from edgead.model.config import load_config
 from edgead.errors import EdgeADError
 from edgead.model.kd import DualKD, ScoringHead, discrepancy, kd_loss, normalise
 

@@ -12,7 +12,7 @@ from scipy import ndimage
 from sklearn.metrics import precision_recall_curve, roc_auc_score
 from sklearn.metrics import roc_curve as sk_roc_curve
 
-from edgead import metrics as M
+from edgead.training import metrics as M
 from edgead.errors import EdgeADError
 
 
@@ -88,7 +88,7 @@ def test_sklearn_not_imported_by_metrics() -> None:
     """metrics runs on edge devices: importing it must not need sklearn/torch."""
     import subprocess
 
-    code = "import sys, edgead.metrics; print('sklearn' in sys.modules, 'torch' in sys.modules)"
+    code = "import sys, edgead.training.metrics; print('sklearn' in sys.modules, 'torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
 

@@ -7,7 +7,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from edgead.onnx_passes import fold_pads_into_convs, prune_dead_nodes
+from edgead.export.onnx_passes import fold_pads_into_convs, prune_dead_nodes
 
 
 def _graph(pad_mode: str = "constant", pad_value: float = 0.0, second_user: str = "") -> onnx.ModelProto:
@@ -72,7 +72,7 @@ def test_pads_that_are_not_plain_zero_padding_are_left_alone():
 
 def test_exported_lite_graphs_have_no_pad_left(tiny_model, tmp_path):
     """The Lite teacher's strided convs (TF SAME padding) carry their pads themselves after export."""
-    from edgead.build_engine import build_engine
+    from edgead.export.build import build_engine
 
     build_engine(tiny_model, tmp_path / "e", max_batch=2, log=lambda s: None)
     for name in ("teacher.onnx", "student.onnx", "teacher.fp16.onnx", "student.fp16.onnx"):

@@ -36,7 +36,7 @@ DEFECT_EVERY = 3   # frame k is defective when k % 3 == 2
 
 @pytest.fixture(scope="module")
 def engine(tiny_model, tmp_path_factory):
-    from edgead.build_engine import build_engine
+    from edgead.export.build import build_engine
 
     out = tmp_path_factory.mktemp("engines") / "tiny"
     build_engine(tiny_model, out, max_batch=4, log=lambda s: None)
@@ -69,8 +69,8 @@ def frames(tiny_product):
 
 @pytest.fixture(scope="module")
 def calibration(engine, detector, frames, tmp_path_factory):
-    """A real calibration record (edgead.calibrate), its threshold halfway between good and defect scores."""
-    from edgead.calibrate import Scored, build_record, engine_info, write_record
+    """A real calibration record (edgead.decide.calibrate), its threshold halfway between good and defect scores."""
+    from edgead.decide.calibrate import Scored, build_record, engine_info, write_record
     from edgead.preprocess import preprocess
 
     spec, info = engine_info(engine, detector)
@@ -183,7 +183,7 @@ class WrappedDetector:
 
 
 def _run(engine, calibration, detector, source, sinks=None, logs=None, **cfg):
-    from edgead.run import run
+    from edgead.runtime.run import run
 
     config = from_dict({"engine": str(engine), "calibration": str(calibration),
                         "camera": {"source": "fake", "live": source.live}, **cfg})
@@ -216,7 +216,7 @@ def _check_every_part_once(summary, sink, n):
 
 
 def test_video_file_end_to_end(engine, calibration, frames, tmp_path):
-    from edgead.run import run
+    from edgead.runtime.run import run
 
     images, labels = frames
     video = _write_video(tmp_path / "parts.avi", images)
@@ -245,7 +245,7 @@ def test_video_file_end_to_end(engine, calibration, frames, tmp_path):
 
 def test_image_folder_end_to_end_with_log_output(engine, calibration, frames, tmp_path):
     """The real capture (folder replay) and signals (log output) modules around the loop."""
-    from edgead.run import run
+    from edgead.runtime.run import run
 
     images, labels = frames
     folder = _folder_of(images, tmp_path / "parts")
@@ -476,7 +476,7 @@ def test_http_endpoints(engine, calibration, detector, frames):
 
 
 def test_metrics_text_format():
-    from edgead.runtime.metrics import RunMetrics
+    from edgead.runtime.telemetry import RunMetrics
 
     m = RunMetrics()
     m.parts.inc(decision="pass")
@@ -559,7 +559,7 @@ def test_run_config_keys_and_values(tmp_path):
 
 def test_roi_rule():
     from edgead.preprocess import PreprocessSpec
-    from edgead.run import check_roi
+    from edgead.runtime.run import check_roi
 
     spec = PreprocessSpec(roi=(10, 10, 50, 40))
     assert check_roi(spec, None) == (spec, None) and check_roi(spec, (10, 10, 50, 40)) == (spec, None)
@@ -584,7 +584,7 @@ def test_startup_errors_are_one_clear_line(engine, calibration, tmp_path, capsys
 
 
 def test_edge_path_imports_no_torch():
-    code = ("import sys, edgead.run, edgead.runtime.http, edgead.runtime.recorder, edgead.cli; "
+    code = ("import sys, edgead.runtime.run, edgead.runtime.http, edgead.runtime.recorder, edgead.cli; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
 

@@ -23,7 +23,7 @@ from signals_fixtures import (LOOPBACK, FakeClock, FakeLines, StuckFifo, Subscri
 from edgead.errors import EdgeADError
 from edgead.signals import SinkGroup, build_sink, build_sinks, check_health
 from edgead.signals.config import parse_sink
-from edgead.signals.test_pulse import signals_test
+from edgead.signals.wiring_check import signals_test
 
 # Real-clock timing: an edge is never early (strict), and not later than this (a loaded 2-core
 # machine can stall a thread for a while; the exact times are checked on a fake clock).

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from edgead import thresholds as T
+from edgead.decide import thresholds as T
 from edgead.errors import EdgeADError
 
 
@@ -203,6 +203,6 @@ def test_score_stats():
 
 
 def test_edge_path_imports_no_torch():
-    code = ("import sys, edgead.thresholds, edgead.calibrate; "
+    code = ("import sys, edgead.decide.thresholds, edgead.decide.calibrate; "
             "bad = [m for m in ('torch', 'matplotlib') if m in sys.modules]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from edgead.cli import main
-from edgead.config import load_config
+from edgead.model.config import load_config
 from edgead.errors import EdgeADError
 from edgead.model.artifact import load_model
-from edgead.train import train
+from edgead.training.train import train
 from tests.conftest import TINY
 
 
@@ -42,7 +42,7 @@ def test_training_is_seeded(tiny_product, tmp_path):
 
 
 def _interrupt_at_second_validation(monkeypatch):
-    import edgead.train as tr
+    import edgead.training.train as tr
 
     calls = {"n": 0}
     real = tr._val_loss
@@ -80,7 +80,7 @@ def test_interrupt_then_resume(tiny_product, tmp_path, monkeypatch):
 def test_last_epochs_train_with_frozen_batchnorm(tiny_product, tmp_path, monkeypatch):
     """Epochs 2 and 3 of 3 normalise with statistics re-estimated once before epoch 2: the students'
     weights still learn, their BatchNorm statistics stay put, and the model keeps those statistics."""
-    import edgead.train as tr
+    import edgead.training.train as tr
 
     cfg = load_config("edge", overrides={"input": TINY, "train": {"epochs": 3, "batch_size": 4,
                                                                    "bn_frozen_fraction": 0.67}})

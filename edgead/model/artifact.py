@@ -14,7 +14,7 @@ from typing import Any
 import torch
 import yaml
 
-from edgead.config import ModelConfig
+from edgead.model.config import ModelConfig
 from edgead.errors import EdgeADError
 from edgead.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from edgead.model.kd import DualKD

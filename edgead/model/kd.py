@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from edgead.config import ModelConfig, PairSpec
+from edgead.model.config import ModelConfig, PairSpec
 from edgead.errors import EdgeADError
 from edgead.model.backbones import FeatureExtractor, build_feature_extractor
 

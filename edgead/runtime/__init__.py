@@ -7,6 +7,6 @@ http.py (optional live view). Edge path: no torch anywhere in this package.
 
 from edgead.runtime.config import RunConfig, load_run_config
 from edgead.runtime.loop import Loop, LoopOptions
-from edgead.runtime.metrics import RunMetrics
+from edgead.runtime.telemetry import RunMetrics
 
 __all__ = ["Loop", "LoopOptions", "RunConfig", "RunMetrics", "load_run_config"]

@@ -16,7 +16,7 @@ to the default is exactly the failure an inspection station cannot afford.
       stall_alarm_s: 0                # alarm when no frame arrives for this long (0: off; trigger lines idle)
       exposure_us: 800                # every other key is the capture module's (edgead.capture.config):
       frame_rate: 30                  #   exposure_us, gain_db, pixel_format, trigger, frame_rate, loop, ...
-    roi: null                         # [x, y, w, h]: must equal the engine's (see edgead.run.check_roi)
+    roi: null                         # [x, y, w, h]: must equal the engine's (see edgead.runtime.run.check_roi)
     trigger: true                     # each frame is one part; or
     every_nth: null                   # free-running: inspect every Nth frame (then trigger must not be true)
     deadline_ms: 200

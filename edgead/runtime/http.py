@@ -3,7 +3,7 @@
 Standard library only (http.server.ThreadingHTTPServer): the edge box gets no web framework. The
 inspection path only hands the latest frame over (`LiveView.update` stores references); JPEG encoding
 happens in the HTTP threads and only while someone is watching, at most `max_fps` per client.
-Binds 127.0.0.1 unless the user names another address (edgead.run warns when it is not loopback).
+Binds 127.0.0.1 unless the user names another address (edgead.runtime.run warns when it is not loopback).
 
     /              a page showing the stream
     /stream        multipart/x-mixed-replace MJPEG: the latest part, heatmap overlay, decision banner
@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 
 from edgead.errors import EdgeADError
-from edgead.figures import heatmap_overlay
+from edgead.training.figures import heatmap_overlay
 from edgead.preprocess import PreprocessSpec, to_display
 from edgead.protocols import InspectionEvent
 

@@ -35,7 +35,7 @@ import numpy as np
 from edgead.errors import EdgeADError
 from edgead.preprocess import PreprocessSpec, preprocess
 from edgead.protocols import Frame, FrameSource, InspectionEvent
-from edgead.runtime.metrics import RunMetrics
+from edgead.runtime.telemetry import RunMetrics
 
 MAX_LOST_EVENTS = 1000      # a sequence jump larger than this is a camera restart, not lost parts
 OUT_QUEUE = 64              # decided parts waiting for the output thread (it only fires sinks: fast)

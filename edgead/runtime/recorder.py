@@ -30,12 +30,12 @@ from typing import Any, Callable
 
 import numpy as np
 
-from edgead.figures import heatmap_overlay
+from edgead.training.figures import heatmap_overlay
 from edgead.io import atomic_write_bytes, atomic_write_json, json_line, png_bytes
 from edgead.preprocess import PreprocessSpec, to_display
 from edgead.protocols import InspectionEvent
 from edgead.runtime.config import RecordConfig
-from edgead.runtime.metrics import RunMetrics
+from edgead.runtime.telemetry import RunMetrics
 
 EVENT_BUFFER = 4096        # event lines waiting for the disk (a line is ~300 bytes)
 CLOSE_TIMEOUT_S = 15.0     # at exit, how long queued images may take before they are given up

@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from edgead.config import load_config
+from edgead.model.config import load_config
 from edgead.errors import EdgeADError
 
 DEMO_CATEGORY = "washer"
@@ -93,8 +93,8 @@ def split_good(train_good: Path, out: Path, seed: int) -> tuple[Path, Path, int,
 def engine_latency_ms(engine: Path, n: int = 12) -> float:
     """Median batch-1 latency of the built engine (preprocessed input), to pace the conveyor below it."""
     from edgead.backends import load_detector
-    from edgead.bench import time_detector
-    from edgead.run import engine_preprocessing
+    from edgead.backends.bench import time_detector
+    from edgead.runtime.run import engine_preprocessing
 
     spec = engine_preprocessing(engine)
     stats = time_detector(load_detector(engine), spec, batch=1, iters=n, warmup=1,
@@ -110,7 +110,7 @@ def read_events(record_dir: Path) -> list[dict[str, Any]]:
 def run_conveyor(engine: Path, calibration: Path, conveyor: dict[str, Any], out: Path, fps: float,
                  log: Log) -> tuple[dict[str, Any], list[dict[str, Any]], Path]:
     """The real `edgead run` on the recording, with the log output; (summary, events, record dir)."""
-    from edgead.run import run
+    from edgead.runtime.run import run
     from edgead.runtime.config import from_dict
 
     if out.exists():
@@ -131,9 +131,9 @@ def overlays(engine: Path, calibration: dict[str, Any], paths: list[str]) -> lis
     """Heatmap overlays of source images through the engine, on the run's fixed colour scale."""
     from edgead.backends import load_detector
     from edgead.data.images import read_image
-    from edgead.figures import heatmap_overlay
+    from edgead.training.figures import heatmap_overlay
     from edgead.preprocess import preprocess, to_display
-    from edgead.run import engine_preprocessing, heat_range
+    from edgead.runtime.run import engine_preprocessing, heat_range
 
     if not paths:
         return []
@@ -156,15 +156,15 @@ def run_demo(out: Path, quick: bool = False, data: str | None = None, epochs: in
              report_dir: Path | None = None, size: tuple[int, int] | None = None,
              log: Log = print) -> dict[str, Any]:
     """Run the whole story; returns the report's data (also written as report.json beside index.html)."""
-    from edgead.build_engine import build_engine
-    from edgead.calibrate import calibrate
-    from edgead.conveyor import conveyor_parts, score_run, stage_latencies, write_conveyor
+    from edgead.export.build import build_engine
+    from edgead.decide.calibrate import calibrate
+    from edgead.demo.conveyor import conveyor_parts, score_run, stage_latencies, write_conveyor
     from edgead.data.images import read_image
     from edgead.data.mvtec import is_mvtec_root
     from edgead.data.synth import generate_product
-    from edgead.evaluate import evaluate
-    from edgead.report import write_report
-    from edgead.train import train
+    from edgead.training.evaluate import evaluate
+    from edgead.demo.report import write_report
+    from edgead.training.train import train
 
     out = Path(out)
     report_dir = Path(report_dir) if report_dir is not None else Path("demo-report")

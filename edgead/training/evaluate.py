@@ -15,10 +15,10 @@ import torch
 
 from edgead.data.images import read_image
 from edgead.data.mvtec import Sample, test_samples
-from edgead.device import pick_device
+from edgead.training.device import pick_device
 from edgead.errors import EdgeADError
 from edgead.io import atomic_write_json
-from edgead.metrics import evaluate_predictions
+from edgead.training.metrics import evaluate_predictions
 from edgead.model.artifact import load_model
 from edgead.model.kd import DualKD
 from edgead.preprocess import preprocess, preprocess_mask, to_display
@@ -109,7 +109,7 @@ def evaluate(model_dir: str | Path, data: str | Path, out: str | Path | None = N
 
 def write_figures(out: Path, model: DualKD, samples: list[Sample], scores: np.ndarray, maps: np.ndarray,
                   masks: list[np.ndarray | None], n_tiles: int = 12) -> None:
-    from edgead.figures import heatmap_grid, plot_roc, plot_score_histograms
+    from edgead.training.figures import heatmap_grid, plot_roc, plot_score_histograms
 
     labels = np.array([s.label for s in samples])
     if 0 < labels.sum() < len(labels):

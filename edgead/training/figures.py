@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 import cv2
 import numpy as np
 
-from edgead.metrics import auroc, roc_curve
+from edgead.training.metrics import auroc, roc_curve
 
 __all__ = ["heatmap_grid", "heatmap_overlay", "plot_roc", "plot_score_histograms"]
 

@@ -32,7 +32,7 @@ def build_engine(model_dir: str | Path, out: str | Path | None = None, *, backen
         raise EdgeADError("TensorRT is not usable on this machine (tensorrt or cuda-python missing, or no GPU)",
                           'install it with pip install "edgead[trt]" on the Jetson/GPU box, or use --backend onnxruntime')
     use_trt = backend == "tensorrt" or (backend == "auto" and tensorrt_usable())
-    from edgead.export import export_onnx, export_onnx_fp16   # torch: the workstation side
+    from edgead.export.onnx import export_onnx, export_onnx_fp16   # torch: the workstation side
     from edgead.model.artifact import load_model
 
     start = time.perf_counter()

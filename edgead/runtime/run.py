@@ -29,7 +29,7 @@ from edgead.preprocess import PreprocessSpec
 from edgead.protocols import FrameSource
 from edgead.runtime.config import RunConfig, parse_listen
 from edgead.runtime.loop import Loop, LoopOptions
-from edgead.runtime.metrics import RunMetrics
+from edgead.runtime.telemetry import RunMetrics
 
 EXIT_OK = 0
 EXIT_FAULT_STOP = 3   # the run ended itself because of a fault (safe_action: stop, on_sink_failure: stop)
@@ -191,7 +191,7 @@ def run(cfg: RunConfig, *, force: bool = False, detector: Any = None, source: Fr
     detector / source / sinks replace what the config would open (tests, embedding); a fatal fault
     (camera lost, preprocessing impossible) is raised as EdgeADError after the summary is printed.
     """
-    from edgead.calibrate import decide, load_calibration
+    from edgead.decide.calibrate import decide, load_calibration
 
     cfg.require()
     closers: list[Callable[[], None]] = []

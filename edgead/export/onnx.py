@@ -99,10 +99,10 @@ def _export(module: nn.Module, args: tuple[Tensor, ...], path: Path, input_names
 
 
 def _simplify(path: Path) -> None:
-    """Graph rewrites ONNX Runtime does not do itself (edgead.onnx_passes); the numbers stay identical."""
+    """Graph rewrites ONNX Runtime does not do itself (edgead.export.onnx_passes); the numbers stay identical."""
     import onnx
 
-    from edgead.onnx_passes import fold_pads_into_convs, prune_dead_nodes
+    from edgead.export.onnx_passes import fold_pads_into_convs, prune_dead_nodes
 
     model = onnx.load(str(path))
     if fold_pads_into_convs(model):

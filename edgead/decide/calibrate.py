@@ -4,7 +4,7 @@ write the calibration record; `decide` applies it; `check_drift` tests it on fre
 The record is `calibration/<engine>.yaml` with a histogram figure (.png) and, with defect images,
 the threshold trade-off table (.csv) beside it. It carries the engine's fingerprint: scores from
 another engine (other weights, precision, backend or preprocessing) do not match its threshold,
-so `load_calibration` refuses it. The maths is in `edgead.thresholds`.
+so `load_calibration` refuses it. The maths is in `edgead.decide.thresholds`.
 Edge path: numpy, scipy, OpenCV and PyYAML only (no torch, no matplotlib).
 """
 
@@ -22,7 +22,7 @@ import numpy as np
 import yaml
 
 from edgead import __version__
-from edgead import thresholds as T
+from edgead.decide import thresholds as T
 from edgead.data.images import good_images, list_images, read_image
 from edgead.data.mvtec import is_mvtec_root, test_samples
 from edgead.errors import EdgeADError

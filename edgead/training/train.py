@@ -20,9 +20,9 @@ import torch
 from tqdm import tqdm
 
 from edgead import __version__
-from edgead.config import ModelConfig
+from edgead.model.config import ModelConfig
 from edgead.data.images import good_images, load_batch
-from edgead.device import pick_device
+from edgead.training.device import pick_device
 from edgead.errors import EdgeADError
 from edgead.io import atomic_write_bytes, sha256_file
 from edgead.model.artifact import CONFIG_FILE, METADATA_FILE, save_model

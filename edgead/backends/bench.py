@@ -56,7 +56,7 @@ def available_detectors(engine_dir: Path, manifest: dict[str, Any], with_torch: 
     model_dir = Path(manifest["model"]["path"])
     if with_torch and model_dir.is_dir():
         try:
-            from edgead.backends.torch import TorchDetector
+            from edgead.backends.reference import TorchDetector
         except ImportError:
             return out
         out["torch/fp32"] = lambda: TorchDetector(model_dir, max_batch=int(manifest["max_batch"]))
