@@ -14,6 +14,7 @@ from typing import Any
 
 from edgead.errors import EdgeADError
 from edgead.io import atomic_write_json, sha256_file
+from edgead.preprocess import PreprocessSpec
 
 MANIFEST = "manifest.json"
 FORMAT = 1
@@ -55,6 +56,16 @@ def read_manifest(engine_dir: Path) -> dict[str, Any]:
         raise EdgeADError(f"{path} has format {manifest.get('format')!r}, this edgead reads format {FORMAT}",
                           "rebuild the engine with this edgead version")
     return manifest
+
+
+def preprocess_spec(manifest: dict[str, Any]) -> PreprocessSpec:
+    """The preprocessing the engines of a manifest were built with (what run, calibrate and bench feed them)."""
+    return PreprocessSpec.from_dict(manifest["preprocess"])
+
+
+def engine_preprocessing(engine_dir: str | Path) -> PreprocessSpec:
+    """The preprocessing of an engine folder, read from its checked manifest."""
+    return preprocess_spec(read_manifest(Path(engine_dir)))
 
 
 def verify_files(engine_dir: Path, manifest: dict[str, Any], entry: dict[str, Any]) -> None:
