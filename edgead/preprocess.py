@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 
 from edgead.errors import EdgeADError
+from edgead.schema import Place, known_keys
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -96,13 +97,7 @@ class PreprocessSpec:
                 f"preprocess settings must be a mapping, got {type(d).__name__}",
                 "write them as 'key: value' lines (height, width, roi, color, mean, std)",
             )
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(str(k) for k in d if k not in known)
-        if unknown:
-            raise EdgeADError(
-                f"unknown preprocess setting '{unknown[0]}'",
-                f"valid settings are: {', '.join(sorted(known))}",
-            )
+        known_keys(d, {f.name for f in fields(cls)}, Place("preprocess settings"))
         kwargs = dict(d)
         for key in ("roi", "mean", "std"):
             if isinstance(kwargs.get(key), list):
@@ -110,7 +105,7 @@ class PreprocessSpec:
         return cls(**kwargs)
 
 
-def _to_uint8(image: np.ndarray) -> np.ndarray:
+def to_uint8(image: np.ndarray) -> np.ndarray:
     if image.dtype == np.uint8:
         return image
     if image.dtype == np.uint16:
@@ -122,11 +117,11 @@ def _to_uint8(image: np.ndarray) -> np.ndarray:
     )
 
 
-def _as_rgb_uint8(image: np.ndarray) -> np.ndarray:
+def as_rgb_uint8(image: np.ndarray) -> np.ndarray:
     """HxW / HxWx1 / HxWx3 / HxWx4, uint8 or uint16 -> contiguous uint8 HxWx3 RGB."""
     if not isinstance(image, np.ndarray):
         raise EdgeADError(f"expected an image array, got {type(image).__name__}", "pass a numpy image")
-    img = _to_uint8(image)
+    img = to_uint8(image)
     if img.ndim == 3 and img.shape[2] == 1:
         img = img[:, :, 0]
     if img.ndim == 2:
@@ -174,12 +169,12 @@ def to_display(image: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
 
     Colour is kept even for color='gray' specs: operators read overlays on the real colours.
     """
-    return np.ascontiguousarray(_resize(_crop(_as_rgb_uint8(image), spec.roi), spec))
+    return np.ascontiguousarray(_resize(_crop(as_rgb_uint8(image), spec.roi), spec))
 
 
 def preprocess(image: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     """Source image (HxW gray or HxWx3 RGB, uint8/uint16) -> normalised float32 (3, height, width)."""
-    img = _crop(_as_rgb_uint8(image), spec.roi)
+    img = _crop(as_rgb_uint8(image), spec.roi)
     if spec.color == "gray":
         g = cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_RGB2GRAY)
         img = np.repeat(g[:, :, None], 3, axis=2)

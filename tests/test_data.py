@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from edgead.data import mvtec
-from edgead.data.images import IMAGE_EXTENSIONS, good_images, list_images, load_batch, read_image
+from edgead.data.images import IMAGE_EXTENSIONS, list_images, load_batch, read_image
+from edgead.data.mvtec import good_images
 from edgead.errors import EdgeADError
 from edgead.preprocess import PreprocessSpec
 

@@ -242,17 +242,3 @@ def test_heatmap_grid_rejects_mismatched_lists(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"^heatmap_grid needs at least one image$"):
         F.heatmap_grid([], [], [], tmp_path / "x.png", 0, 1)
     assert not (tmp_path / "x.png").exists()
-
-
-def test_failed_write_leaves_no_partial_file(tmp_path: Path) -> None:
-    target = tmp_path / "keep.png"
-    target.write_bytes(b"old")
-
-    def boom(tmp: Path) -> None:
-        tmp.write_bytes(b"partial")
-        raise OSError("disk full")
-
-    with pytest.raises(OSError, match=r"^disk full$"):  # the writer's own error, not one from the clean-up
-        F._atomic_write(target, boom)
-    assert target.read_bytes() == b"old"
-    _no_temp_files(tmp_path)

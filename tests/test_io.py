@@ -3,6 +3,7 @@
 import json
 import math
 import stat
+from pathlib import Path
 
 import pytest
 
@@ -31,3 +32,17 @@ def test_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
 def test_json_reports_are_strict(tmp_path):
     path = atomic_write_json(tmp_path / "r.json", {"auroc": math.nan, "n": 3})
     assert json.loads(path.read_text()) == {"auroc": None, "n": 3}
+
+
+def test_failed_write_leaves_no_partial_file(tmp_path: Path) -> None:
+    target = tmp_path / "keep.png"
+    target.write_bytes(b"old")
+
+    def boom(tmp: Path) -> None:
+        tmp.write_bytes(b"partial")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match=r"^disk full$"):  # the writer's own error, not one from the clean-up
+        atomic_write(target, boom)
+    assert target.read_bytes() == b"old"
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from edgead.errors import EdgeADError
-from edgead.preprocess import PreprocessSpec, _to_uint8, preprocess
+from edgead.preprocess import PreprocessSpec, preprocess, to_uint8
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
@@ -45,7 +45,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
             "re-export or remove the file",
         )
     try:
-        img = _to_uint8(img)
+        img = to_uint8(img)
     except EdgeADError as e:
         raise EdgeADError(f"unsupported pixel type {img.dtype} in {p}", "save it as 8-bit or 16-bit") from e
     if img.ndim == 3 and img.shape[2] == 1:
@@ -105,25 +105,3 @@ def load_batch(
     else:
         batch = np.empty((0, 3, spec.height, spec.width), dtype=np.float32)
     return batch, kept, bad
-
-
-def good_images(folder: str | os.PathLike, min_count: int = 10) -> list[Path]:
-    """Training images: a plain folder of good images, or an MVTec category root (its train/good)."""
-    from edgead.data.mvtec import is_mvtec_root  # local: mvtec imports this module
-
-    f = Path(folder)
-    src = f / "train" / "good" if is_mvtec_root(f) else f
-    paths = list_images(src)
-    exts = "/".join(e.lstrip(".") for e in IMAGE_EXTENSIONS)
-    if not paths:
-        raise EdgeADError(
-            f"no images found in {src} (found 0, need at least {min_count})",
-            f"put at least {min_count} good images ({exts}) in that folder, "
-            "or pass an MVTec category root that has train/good/",
-        )
-    if len(paths) < min_count:
-        raise EdgeADError(
-            f"only {len(paths)} images found in {src}, need at least {min_count}",
-            f"add more good images (ideally 50+) to {src}",
-        )
-    return paths

@@ -122,3 +122,23 @@ def read_mask(sample: Sample, shape: tuple[int, ...]) -> np.ndarray:
     if m.ndim == 3:
         m = m.max(axis=2)
     return (m > 0).astype(np.uint8)
+
+
+def good_images(folder: str | os.PathLike, min_count: int = 10) -> list[Path]:
+    """Training images: a plain folder of good images, or an MVTec category root (its train/good)."""
+    f = Path(folder)
+    src = f / "train" / "good" if is_mvtec_root(f) else f
+    paths = list_images(src)
+    exts = "/".join(e.lstrip(".") for e in IMAGE_EXTENSIONS)
+    if not paths:
+        raise EdgeADError(
+            f"no images found in {src} (found 0, need at least {min_count})",
+            f"put at least {min_count} good images ({exts}) in that folder, "
+            "or pass an MVTec category root that has train/good/",
+        )
+    if len(paths) < min_count:
+        raise EdgeADError(
+            f"only {len(paths)} images found in {src}, need at least {min_count}",
+            f"add more good images (ideally 50+) to {src}",
+        )
+    return paths

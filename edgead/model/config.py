@@ -8,13 +8,12 @@ Unknown keys and bad values are errors that name the key: a typo must never be s
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from edgead.errors import EdgeADError
+from edgead.schema import Place, build, known_keys, read_yaml
 from edgead.preprocess import PreprocessSpec
 
 FUSIONS = ("multiplicative", "additive", "max")
@@ -22,41 +21,12 @@ CONFIG_KEYS = {"preset", "input", "pairs", "fusion", "blur_sigma", "position_nor
 STUDENT_INITS = ("random", "teacher")
 
 
-def _check_keys(section: str, data: Any, allowed: set[str]) -> dict[str, Any]:
-    if not isinstance(data, dict):
-        raise EdgeADError(f"config: '{section}' must be a mapping, got {type(data).__name__}",
-                          "see the preset with `edgead train --print-config`")
-    unknown = sorted(set(data) - allowed)
-    if unknown:
-        raise EdgeADError(f"config: unknown key '{section}.{unknown[0]}'",
-                          f"allowed keys in '{section}': {', '.join(sorted(allowed))}")
-    return data
+TOP = Place("config", "config")     # messages name a top-level key as 'config.KEY'
 
 
-def _build(cls: type, section: str, data: Any) -> Any:
-    """Build a flat dataclass from a mapping, type-checking each value against its default."""
-    names = {f.name for f in fields(cls)}
-    data = _check_keys(section, data, names)
-    obj = cls(**data)
-    defaults = cls()
-    for f in fields(cls):
-        value, default = getattr(obj, f.name), getattr(defaults, f.name)
-        if isinstance(default, bool):
-            ok = isinstance(value, bool)
-        elif isinstance(default, float):
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        elif isinstance(default, int):
-            ok = isinstance(value, int) and not isinstance(value, bool)
-        elif isinstance(default, str):
-            ok = isinstance(value, str)
-        elif isinstance(default, list):
-            ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
-        else:
-            ok = True
-        if not ok:
-            raise EdgeADError(f"config: '{section}.{f.name}' has a bad value {value!r}",
-                              f"expected a {type(default).__name__}, like {default!r}")
-    return obj
+def _section(cls: type, name: str, data: Any) -> Any:
+    """A flat spec (teacher, student, train) from its mapping, each value checked against its type."""
+    return build(cls, data, Place("config", name))
 
 
 @dataclass
@@ -93,7 +63,7 @@ class TrainSpec:
     norm_quantile_high: float = 0.995
     # The last fraction of epochs trains with the students' BatchNorm in inference mode (statistics
     # re-estimated first), so the weights adapt to the statistics inference uses: trained on batch
-    # statistics only, the deep student was up to 8x off on single good images (docs/benchmarks.md).
+    # statistics only, the deep student is far off on single good images (docs/benchmarks.md).
     bn_frozen_fraction: float = 0.25
 
 
@@ -121,7 +91,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: Any) -> "ModelConfig":
-        data = _check_keys("config", data, CONFIG_KEYS)
+        data = known_keys(data, CONFIG_KEYS, TOP)
         for key in ("input", "pairs"):
             if key not in data:
                 raise EdgeADError(f"config: missing key '{key}'", "start from a preset: edgead train --print-config")
@@ -131,17 +101,17 @@ class ModelConfig:
                               "start from a preset: edgead train --print-config")
         pairs = []
         for i, p in enumerate(pairs_data):
-            p = _check_keys(f"pairs[{i}]", p, {"name", "teacher", "student"})
+            p = known_keys(p, {"name", "teacher", "student"}, Place("config", f"pairs[{i}]"))
             pairs.append(PairSpec(name=str(p.get("name", f"pair{i}")),
-                                  teacher=_build(TeacherSpec, f"pairs[{i}].teacher", p.get("teacher", {})),
-                                  student=_build(StudentSpec, f"pairs[{i}].student", p.get("student", {}))))
+                                  teacher=_section(TeacherSpec, f"pairs[{i}].teacher", p.get("teacher", {})),
+                                  student=_section(StudentSpec, f"pairs[{i}].student", p.get("student", {}))))
         cfg = cls(preset=str(data.get("preset", "custom")),
                   input=PreprocessSpec.from_dict(data["input"]),
                   pairs=pairs,
                   fusion=data.get("fusion", "multiplicative"),
                   blur_sigma=data.get("blur_sigma", 4.0),
                   position_norm=data.get("position_norm", False),
-                  train=_build(TrainSpec, "train", data.get("train", {})))
+                  train=_section(TrainSpec, "train", data.get("train", {})))
         cfg.validate()
         return cfg
 
@@ -212,13 +182,12 @@ PRESETS: dict[str, dict[str, Any]] = {
              "teacher": {"arch": "efficientnet_lite0", "layers": ["stage5", "stage7"], "pool": 1},
              "student": {"arch": "efficientnet_lite0", "layers": ["stage5", "stage7"], "init": "random"}},
         ],
-        # Additive: on the synthetic products the multiplicative fusion lost 0.17 AUROC on brushed metal,
-        # where the deep map is flat; the additive one stayed within 0.01 elsewhere (docs/benchmarks.md).
+        # Additive: where the deep map is flat (brushed metal) a product of the maps loses the shallow
+        # pair's evidence; a sum keeps it (measured in docs/benchmarks.md).
         "fusion": "additive",
         "blur_sigma": 4.0,
-        # Good parts' maps peak at the image borders (38-75 % of good test images on the synthetic
-        # products, 0-8 % of defective ones); a per-pixel z-score against the good training images
-        # removes that: worst product over four seeds 0.976 -> 0.982 (docs/benchmarks.md).
+        # Good parts' maps peak at the image borders; a per-pixel z-score against the good training
+        # images removes that (measured in docs/benchmarks.md).
         "position_norm": True,
         "train": {},
     },
@@ -244,21 +213,9 @@ def load_config(preset: str | None = None, config_file: str | Path | None = None
         raise EdgeADError(f"unknown preset {name!r}", f"use one of: {', '.join(PRESETS)}")
     data = PRESETS[name]
     if config_file is not None:
-        path = Path(config_file)
-        if not path.is_file():
-            raise EdgeADError(f"config file not found: {path}", "check the path given to --config")
-        try:
-            user = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise EdgeADError(f"config file {path} is not valid YAML: {exc}".splitlines()[0],
-                              "fix the YAML syntax (indentation, colons)") from exc
-        _check_keys("config", user, CONFIG_KEYS)
+        user = read_yaml(config_file, "config file", "check the path given to --config") or {}
+        known_keys(user, CONFIG_KEYS, TOP)
         data = _merge(data, user)
     if overrides:
         data = _merge(data, overrides)
     return ModelConfig.from_dict(data)
-
-
-def save_config(cfg: ModelConfig, path: Path) -> None:
-    from edgead.io import atomic_write_text
-    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

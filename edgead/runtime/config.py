@@ -42,55 +42,18 @@ to the default is exactly the failure an inspection station cannot afford.
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from edgead.backends.manifest import BACKENDS, PRECISIONS
 from edgead.errors import EdgeADError
+from edgead.schema import Place, at_least, build, is_int, known_keys, mapping, one_of, read_yaml
 
 SAFE_ACTIONS = ("reject", "stop")
 SINK_FAILURE = ("alarm", "stop")
 LIVE = ("auto", True, False)
-
-
-def _bad(key: str, value: Any, want: str) -> EdgeADError:
-    return EdgeADError(f"run config: '{key}' has a bad value {value!r}", f"expected {want}")
-
-
-def _keys(section: str, data: Any, allowed: set[str]) -> dict[str, Any]:
-    if not isinstance(data, dict):
-        raise EdgeADError(f"run config: '{section or 'the file'}' must be a mapping, got {type(data).__name__}",
-                          "write it as 'key: value' lines")
-    unknown = sorted(str(k) for k in data if k not in allowed)
-    if unknown:
-        name = f"{section}.{unknown[0]}" if section else unknown[0]
-        raise EdgeADError(f"run config: unknown key '{name}'",
-                          f"allowed keys{f' in {section!r}' if section else ''}: {', '.join(sorted(allowed))}")
-    return data
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_num(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _check(key: str, value: Any, kind: str, minimum: float | None = None, optional: bool = False) -> None:
-    if value is None and optional:
-        return
-    ok = {"str": isinstance(value, str), "bool": isinstance(value, bool), "int": _is_int(value),
-          "num": _is_num(value), "dict": isinstance(value, dict), "list": isinstance(value, list)}[kind]
-    want = {"str": "text", "bool": "true or false", "int": "a whole number", "num": "a number",
-            "dict": "a mapping", "list": "a list"}[kind]
-    if ok and minimum is not None and value < minimum:
-        ok, want = False, f"{want} >= {minimum:g}"
-    if not ok:
-        raise _bad(key, value, want + (" or null" if optional else ""))
+RUN = Place("run config")
 
 
 @dataclass
@@ -102,11 +65,20 @@ class CameraConfig:
     stall_alarm_s: float = 0.0
     settings: dict[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def from_run_section(cls, value: dict[str, Any]) -> "CameraConfig":
+        mine = {"source", "live", "stall_alarm_s"}
+        data = {k: v for k, v in mapping(value, RUN.child("camera")).items() if k in mine}
+        if is_int(data.get("source")):
+            data["source"] = str(data["source"])  # `source: 0` is the device index
+        return cls(**data, settings={k: v for k, v in value.items() if k not in mine})
+
     def validate(self) -> None:
-        _check("camera.source", self.source, "str", optional=True)
-        if self.live not in LIVE:
-            raise _bad("camera.live", self.live, "auto, true or false")
-        _check("camera.stall_alarm_s", self.stall_alarm_s, "num", 0)
+        place = RUN.child("camera")
+        if self.source is not None and not isinstance(self.source, str):
+            raise place.bad("source", self.source, "text or null")
+        one_of(place, "live", self.live, LIVE, "expected auto, true or false")
+        at_least(place, "stall_alarm_s", self.stall_alarm_s, 0)
         from edgead.capture.config import CameraConfig as CaptureConfig
 
         try:
@@ -130,26 +102,23 @@ class RecordConfig:
     queue: int = 16
 
     def validate(self) -> None:
-        _check("record.dir", self.dir, "str", optional=True)
-        _check("record.quota_mb", self.quota_mb, "num", 1)
-        _check("record.save_rejects", self.save_rejects, "bool")
-        _check("record.save_good_every", self.save_good_every, "int", 0)
-        _check("record.ring_size", self.ring_size, "int", 0)
-        _check("record.queue", self.queue, "int", 1)
+        place = RUN.child("record")
+        at_least(place, "quota_mb", self.quota_mb, 1)
+        for key, minimum in (("save_good_every", 0), ("ring_size", 0), ("queue", 1)):
+            at_least(place, key, getattr(self, key), minimum)
 
 
 @dataclass
 class HttpConfig:
-    listen: str | None = None
+    listen: str | int | None = None     # a bare port may be written as a number
     max_fps: float = 10.0
 
     def validate(self) -> None:
-        if _is_int(self.listen):
+        if is_int(self.listen):
             self.listen = str(self.listen)
-        _check("http.listen", self.listen, "str", optional=True)
         if self.listen is not None:
             parse_listen(self.listen)
-        _check("http.max_fps", self.max_fps, "num", 0.1)
+        at_least(RUN.child("http"), "max_fps", self.max_fps, 0.1)
 
 
 @dataclass
@@ -183,44 +152,32 @@ class RunConfig:
         return 1 if self.every_nth is None else self.every_nth
 
     def validate(self) -> None:
-        for key in ("engine", "calibration"):
-            _check(key, getattr(self, key), "str", optional=True)
-        if self.backend not in ("auto", "tensorrt", "onnxruntime"):
-            raise _bad("backend", self.backend, "auto, tensorrt or onnxruntime")
-        if self.precision not in (None, "fp16", "fp32"):
-            raise _bad("precision", self.precision, "null, fp16 or fp32")
-        _check("threads", self.threads, "int", 1, optional=True)
+        """Range and cross-key rules (types were checked when the config was built)."""
+        one_of(RUN, "backend", self.backend, ("auto", *BACKENDS), f"expected auto, {' or '.join(BACKENDS)}")
+        one_of(RUN, "precision", self.precision, (None, *PRECISIONS), f"expected null, {' or '.join(PRECISIONS)}")
+        for key in ("threads", "every_nth", "max_batch", "max_frames"):
+            at_least(RUN, key, getattr(self, key), 1, optional=True)
         self.camera.validate()
         if self.roi is not None:
-            r = self.roi
-            if not (isinstance(r, (list, tuple)) and len(r) == 4 and all(_is_int(v) for v in r)
-                    and r[0] >= 0 and r[1] >= 0 and r[2] >= 1 and r[3] >= 1):
-                raise _bad("roi", r, "[x, y, w, h] whole numbers, x, y >= 0, w, h >= 1, or null")
-            self.roi = (int(r[0]), int(r[1]), int(r[2]), int(r[3]))
-        _check("trigger", self.trigger, "bool", optional=True)
-        _check("every_nth", self.every_nth, "int", 1, optional=True)
+            x, y, w, h = self.roi
+            if x < 0 or y < 0 or w < 1 or h < 1:
+                raise RUN.bad("roi", list(self.roi), "[x, y, w, h] whole numbers, x, y >= 0, w, h >= 1, or null")
         if self.trigger and self.every_nth is not None:
             raise EdgeADError("run config: 'trigger: true' and 'every_nth' both set",
                               "trigger mode inspects every frame (each is one part); every_nth is the free-running "
                               "mode: choose one")
         if self.trigger is False and self.every_nth is None:
             self.every_nth = 1
-        _check("deadline_ms", self.deadline_ms, "num", 1)
-        if self.safe_action not in SAFE_ACTIONS:
-            raise _bad("safe_action", self.safe_action,
-                       "reject (reject + alarm) or stop (reject + alarm, then end the run); passing a part that was "
-                       "not inspected is never an option")
-        _check("max_batch", self.max_batch, "int", 1, optional=True)
-        _check("max_frames", self.max_frames, "int", 1, optional=True)
+        at_least(RUN, "deadline_ms", self.deadline_ms, 1)
+        one_of(RUN, "safe_action", self.safe_action, SAFE_ACTIONS,
+               "expected reject (reject + alarm) or stop (reject + alarm, then end the run); passing a part that "
+               "was not inspected is never an option")
         self.record.validate()
         self.http.validate()
-        _check("outputs", self.outputs, "list")
-        if self.on_sink_failure not in SINK_FAILURE:
-            raise _bad("on_sink_failure", self.on_sink_failure, " or ".join(SINK_FAILURE))
+        one_of(RUN, "on_sink_failure", self.on_sink_failure, SINK_FAILURE, f"expected {' or '.join(SINK_FAILURE)}")
         from edgead.signals.config import parse_outputs
 
         parse_outputs({"outputs": self.outputs, "on_sink_failure": self.on_sink_failure})  # names its bad keys
-        _check("allow_degraded", self.allow_degraded, "bool")
 
     def require(self) -> None:
         """The keys a run cannot start without."""
@@ -241,35 +198,28 @@ class RunConfig:
         return d
 
 
-_SECTIONS = {"camera": (CameraConfig, "source"), "record": (RecordConfig, "dir"), "http": (HttpConfig, "listen")}
+_SHORTHAND = {"camera": "source", "record": "dir", "http": "listen"}   # `camera: 0`, `record: runs/x`, `http: 8080`
+_TOP_KEYS = {f.name for f in fields(RunConfig)}
 
 
-def _section(name: str, value: Any) -> Any:
-    cls, shorthand = _SECTIONS[name]
+def _expand(name: str, value: Any) -> dict[str, Any]:
+    """A section as a mapping: empty for null, `{source: "0"}` for the shorthand `camera: 0`."""
     if value is None:
-        return cls()
-    if not isinstance(value, dict):  # `camera: 0`, `record: runs/x`, `http: 8080`
-        value = {shorthand: value if isinstance(value, str) or name == "http" else str(value)}
-    if name == "camera":
-        mine = {"source", "live", "stall_alarm_s"}
-        data = {k: v for k, v in value.items() if k in mine}
-        if isinstance(data.get("source"), int) and not isinstance(data.get("source"), bool):
-            data["source"] = str(data["source"])  # `source: 0` is the device index
-        return cls(**data, settings={k: v for k, v in value.items() if k not in mine})
-    data = _keys(name, value, {f.name for f in fields(cls)})
-    return cls(**data)
+        return {}
+    if not isinstance(value, dict):
+        return {_SHORTHAND[name]: value if isinstance(value, str) or name == "http" else str(value)}
+    return value
 
 
 def from_dict(data: dict[str, Any]) -> RunConfig:
     """Typed, validated config from a mapping (YAML file merged with overrides)."""
-    data = dict(_keys("", data, {f.name for f in fields(RunConfig)}))
-    for name in _SECTIONS:
-        data[name] = _section(name, data.get(name))
-    if isinstance(data.get("roi"), list):
-        data["roi"] = tuple(data["roi"])
+    data = dict(known_keys(data, _TOP_KEYS, RUN))
+    for name in _SHORTHAND:
+        data[name] = _expand(name, data.get(name))
+    data["camera"] = CameraConfig.from_run_section(data["camera"])
     if data.get("outputs") is None:
         data["outputs"] = []
-    cfg = RunConfig(**data)
+    cfg: RunConfig = build(RunConfig, data, RUN)
     cfg.validate()
     return cfg
 
@@ -277,12 +227,12 @@ def from_dict(data: dict[str, Any]) -> RunConfig:
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     out = copy.deepcopy(base)
     for k, v in over.items():
-        if k in _SECTIONS and isinstance(v, dict):
+        if k in _SHORTHAND and isinstance(v, dict):
             cur = out.get(k)
             if cur is None:
                 cur = {}
             elif not isinstance(cur, dict):
-                cur = {_SECTIONS[k][1]: cur}
+                cur = {_SHORTHAND[k]: cur}
             out[k] = {**cur, **v}
         else:
             out[k] = v
@@ -293,15 +243,8 @@ def load_run_config(path: str | Path | None = None, overrides: dict[str, Any] | 
     """The YAML file (optional) with command-line overrides on top; nothing is required yet (see require())."""
     data: dict[str, Any] = {}
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise EdgeADError(f"run config not found: {p}", "check the path given to --config")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise EdgeADError(f"run config {p} is not valid YAML: {exc}".splitlines()[0],
-                              "fix the YAML syntax (indentation, colons)") from exc
-        _keys("", data, {f.name for f in fields(RunConfig)})
+        data = read_yaml(path, "run config", "check the path given to --config") or {}
+        known_keys(data, _TOP_KEYS, RUN)
     return from_dict(_merge(data, overrides or {}))
 
 
@@ -313,5 +256,5 @@ def parse_listen(listen: str) -> tuple[str, int]:
         host, port = "127.0.0.1", text
     host = host.strip("[]") or "127.0.0.1"
     if not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise _bad("http.listen", listen, "PORT or HOST:PORT, e.g. 127.0.0.1:8080")
+        raise RUN.bad("http.listen", listen, "PORT or HOST:PORT, e.g. 127.0.0.1:8080")
     return host, int(port)

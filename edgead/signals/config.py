@@ -16,14 +16,12 @@ from __future__ import annotations
 
 import os
 import string
-import types
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union, get_args, get_origin, get_type_hints
-
-import yaml
+from typing import Any
 
 from edgead.errors import EdgeADError
+from edgead.schema import Place, build, mapping, need, one_of, read_yaml
 from edgead.protocols import InspectionEvent
 
 FAILURE_POLICIES = ("alarm", "stop")
@@ -185,55 +183,21 @@ def check_template(where: str, key: str, template: str) -> None:
                           f"fields: {', '.join('{' + f + '}' for f in TEMPLATE_FIELDS)}")
 
 
-def _type_ok(value: Any, hint: Any) -> bool:
-    origin = get_origin(hint)
-    if origin in (Union, types.UnionType):
-        return any(_type_ok(value, h) for h in get_args(hint))
-    if hint is type(None):
-        return value is None
-    if hint is bool:
-        return isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is str:
-        return isinstance(value, str)
-    return True
-
-
 def _build(cls: type, where: str, data: Any) -> Any:
-    if not isinstance(data, dict):
-        raise EdgeADError(f"{where} must be a mapping, got {type(data).__name__}",
-                          "each output is a mapping like {type: log, path: rejects.jsonl}")
-    hints = get_type_hints(cls)
-    names = [f.name for f in fields(cls)]
-    unknown = [k for k in data if k not in names]
-    if unknown:
-        raise EdgeADError(f"{where}: unknown key '{unknown[0]}'", f"allowed keys: {', '.join(sorted(names))}")
+    place = Place(where)
+    mapping(data, place, "each output is a mapping like {type: log, path: rejects.jsonl}")
     values = dict(data)
-    for key, value in data.items():
-        hint = hints[key]
-        if hint == (EncoderConfig | None) and isinstance(value, dict):
-            values[key] = _build(EncoderConfig, f"{where}.encoder", value)
-            continue
-        if not _type_ok(value, hint):
-            want = str(hint).replace("NoneType", "None").replace("<class '", "").replace("'>", "")
-            raise EdgeADError(f"{where}: '{key}' has a bad value {value!r}", f"expected {want}")
-    obj = cls(**values)
-    for f in fields(cls):           # YAML ints are fine where a float is meant
-        if hints[f.name] is float or (hints[f.name] == (float | None) and getattr(obj, f.name) is not None):
-            setattr(obj, f.name, float(getattr(obj, f.name)))
-    return obj
+    if isinstance(values.get("encoder"), dict):      # its errors read `outputs[0] (gpio).encoder: ...`
+        values["encoder"] = build(EncoderConfig, values["encoder"], Place(f"{where}.encoder"))
+    return build(cls, values, place)
 
 
 def _need(where: str, ok: bool, message: str, hint: str) -> None:
-    if not ok:
-        raise EdgeADError(f"{where}: {message}", hint)
+    need(Place(where), ok, message, hint)
 
 
 def _one_of(where: str, key: str, value: str, allowed: tuple[str, ...]) -> None:
-    _need(where, value in allowed, f"'{key}' has a bad value {value!r}", f"use one of: {', '.join(allowed)}")
+    one_of(Place(where), key, value, allowed)
 
 
 def _validate_timed(where: str, cfg: TimedConfig, raw: dict[str, Any]) -> None:
@@ -343,14 +307,7 @@ def parse_outputs(run_config: Any) -> OutputsConfig:
 
 def load_outputs(path: str | Path) -> OutputsConfig:
     """Read a run YAML file and parse its outputs."""
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise EdgeADError(f"run config not found: {path}", "give the path of the run YAML") from None
-    except yaml.YAMLError as err:
-        raise EdgeADError(f"run config {path} is not valid YAML: {err}", "check the indentation near that line") from None
-    return parse_outputs(data or {})
+    return parse_outputs(read_yaml(path, "run config", "give the path of the run YAML") or {})
 
 
 def resolve_secret(kind: str, name: str, key: str, value: str, env_var: str) -> str:

@@ -9,14 +9,14 @@ a half-written image, even if the process dies mid-save.
 
 from __future__ import annotations
 
-import os
-import uuid
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import cv2
 import numpy as np
 
+from edgead.io import atomic_write, atomic_write_bytes, png_bytes
+from edgead.preprocess import as_rgb_uint8
 from edgead.training.metrics import auroc, roc_curve
 
 __all__ = ["heatmap_grid", "heatmap_overlay", "plot_roc", "plot_score_histograms"]
@@ -29,36 +29,12 @@ _MASK_RGB = (255, 255, 255)
 # ---------------------------------------------------------------- writing
 
 
-def _atomic_write(path: Path | str, write: Callable[[Path], None]) -> Path:
-    """Run write(tmp) on a temp file next to path, then os.replace it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A unique name rather than mkstemp: mkstemp's 0600 mode would stick to the
-    # report image after os.replace; write() creates it with the usual umask.
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp"
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
-
-
 def _save_figure(fig, path: Path | str) -> Path:  # noqa: ANN001 - matplotlib Figure
     """Render a matplotlib Figure to PNG atomically."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     FigureCanvasAgg(fig)
-    return _atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
-
-
-def _write_png(img_rgb: np.ndarray, path: Path | str) -> Path:
-    """Encode an RGB uint8 image as PNG and write it atomically."""
-    ok, buf = cv2.imencode(".png", cv2.cvtColor(img_rgb, cv2.COLOR_RGB2BGR))
-    if not ok:
-        raise RuntimeError(f"PNG encoding failed for {path}")
-    return _atomic_write(path, lambda tmp: tmp.write_bytes(buf.tobytes()))
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
 
 
 def _new_figure(size: tuple[float, float]):  # noqa: ANN202 - matplotlib Figure
@@ -127,18 +103,12 @@ def plot_score_histograms(
 
 
 def _as_rgb_uint8(image: np.ndarray) -> np.ndarray:
-    """Accept HxW, HxWx1, HxWx3 or HxWx4 images (uint8 or float in [0, 1])."""
+    """Like preprocess.as_rgb_uint8, and also float images in [0, 1] (maps and matplotlib images)."""
     img = np.asarray(image)
-    if img.dtype != np.uint8:
+    if img.dtype not in (np.uint8, np.uint16):
         scale = 255.0 if img.size and float(np.nanmax(img)) <= 1.0 else 1.0
         img = np.clip(np.nan_to_num(img.astype(np.float64)) * scale, 0, 255).astype(np.uint8)
-    if img.ndim == 2 or (img.ndim == 3 and img.shape[2] == 1):
-        return cv2.cvtColor(img.reshape(img.shape[:2]), cv2.COLOR_GRAY2RGB)
-    if img.ndim == 3 and img.shape[2] == 4:
-        return np.ascontiguousarray(img[:, :, :3])
-    if img.ndim == 3 and img.shape[2] == 3:
-        return img
-    raise ValueError(f"image must be HxW or HxWx{{1,3,4}}, got shape {img.shape}")
+    return as_rgb_uint8(img)
 
 
 def heatmap_overlay(
@@ -260,4 +230,4 @@ def heatmap_grid(
         y, x = gap + r * (cell_h + gap), gap + c * (cell_w + gap)
         canvas[y : y + cell.shape[0], x : x + cell.shape[1]] = cell
     canvas = np.concatenate([canvas, _colorbar(width, float(vmin), float(vmax))], axis=0)
-    return _write_png(canvas, path)
+    return atomic_write_bytes(path, png_bytes(canvas))

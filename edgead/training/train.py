@@ -21,7 +21,8 @@ from tqdm import tqdm
 
 from edgead import __version__
 from edgead.model.config import ModelConfig
-from edgead.data.images import good_images, load_batch
+from edgead.data.images import load_batch
+from edgead.data.mvtec import good_images
 from edgead.training.device import pick_device
 from edgead.errors import EdgeADError
 from edgead.io import atomic_write_bytes, sha256_file

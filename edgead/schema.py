@@ -1,0 +1,165 @@
+"""The one validator for every YAML section: a typed dataclass from a mapping, or an error naming the key.
+
+A typo in a config must never be ignored (a misspelt `deadline_ms` or `exposure_us` silently falling
+back to its default is exactly what an inspection line cannot afford). So the model config, the run
+config, its `camera:` section and every output are built here the same way: unknown keys, values of
+the wrong type and values out of range are EdgeADErrors that say where (`run config`, `outputs[1]
+(log)`), which key (`record.quota_mb`) and what is expected. Edge path: no torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+from edgead.errors import EdgeADError
+
+
+@dataclass(frozen=True)
+class Place:
+    """Where a section sits, for messages: `Place("run config", "record")` names 'record.quota_mb'."""
+
+    prefix: str                 # the file or item: "config", "run config", "outputs[0] (modbus)"
+    section: str = ""           # the dotted path inside it ("" at the top)
+
+    def key(self, name: str) -> str:
+        return f"{self.section}.{name}" if self.section else name
+
+    def child(self, name: str) -> Place:
+        return Place(self.prefix, self.key(name))
+
+    def error(self, message: str, hint: str) -> EdgeADError:
+        return EdgeADError(f"{self.prefix}: {message}", hint)
+
+    def bad(self, name: str, value: Any, want: str) -> EdgeADError:
+        return self.error(f"'{self.key(name)}' has a bad value {value!r}", f"expected {want}")
+
+
+def mapping(data: Any, place: Place, hint: str = "write it as indented `key: value` lines") -> dict[str, Any]:
+    """The data as a mapping, or an error that the section is not one."""
+    if not isinstance(data, dict):
+        raise place.error(f"'{place.section or 'the file'}' must be a mapping, got {type(data).__name__}", hint)
+    return data
+
+
+def known_keys(data: Any, allowed: Iterable[str], place: Place) -> dict[str, Any]:
+    """The mapping, after refusing the first key (in sorted order) that is not allowed."""
+    data = mapping(data, place)
+    allowed = sorted(allowed)
+    unknown = sorted(str(k) for k in data if k not in allowed)
+    if unknown:
+        where = f" in '{place.section}'" if place.section else ""
+        raise place.error(f"unknown key '{place.key(unknown[0])}'", f"allowed keys{where}: {', '.join(allowed)}")
+    return data
+
+
+def is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _describe(hint: Any) -> str:
+    origin = get_origin(hint)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe(h) for h in get_args(hint))
+    if origin is tuple and get_args(hint) and Ellipsis not in get_args(hint):
+        return f"a list of {len(get_args(hint))} ({_describe(get_args(hint)[0])} each)"
+    return {type(None): "null", bool: "true or false", int: "a whole number", float: "a number", str: "text",
+            list: "a list", dict: "a mapping", tuple: "a list"}.get(origin or hint, getattr(hint, "__name__", str(hint)))
+
+
+def _convert(value: Any, hint: Any, place: Place, name: str) -> Any:
+    """The value as the hint's type (YAML ints where floats are meant, lists where tuples are), or an error."""
+    origin = get_origin(hint)
+    if hint is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        for option in get_args(hint):
+            try:
+                return _convert(value, option, place, name)
+            except EdgeADError:
+                continue
+        raise place.bad(name, value, _describe(hint))
+    if dataclasses.is_dataclass(hint) and isinstance(hint, type):
+        if isinstance(value, hint):
+            return value
+        return build(hint, value, place.child(name))
+    ok = {type(None): value is None, bool: isinstance(value, bool), int: is_int(value), float: is_number(value),
+          str: isinstance(value, str)}.get(hint)
+    if ok is not None:
+        if not ok:
+            raise place.bad(name, value, _describe(hint))
+        return float(value) if hint is float else value
+    if origin in (list, tuple) or hint in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise place.bad(name, value, _describe(hint))
+        args = [a for a in get_args(hint) if a is not Ellipsis]
+        if origin is tuple and args and len(get_args(hint)) == len(args) and len(value) != len(args):
+            raise place.bad(name, value, f"a list of {len(args)}")
+        items = [_convert(v, args[0 if len(args) == 1 else i], place, name) if args else v
+                 for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple or hint is tuple else items
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            raise place.bad(name, value, "a mapping")
+        return value
+    return value
+
+
+def build(cls: type, data: Any, place: Place) -> Any:
+    """An instance of dataclass `cls` from a mapping: keys checked, every value checked against its hint.
+
+    Fields left out keep their defaults; nested dataclass fields are built from nested mappings.
+    Range and cross-field rules stay with each config (its `validate()`), written with the helpers below.
+    """
+    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    data = known_keys({} if data is None else data, names, place)
+    hints = get_type_hints(cls)
+    return cls(**{key: _convert(value, hints[key], place, key) for key, value in data.items()})
+
+
+def at_least(place: Place, name: str, value: Any, minimum: float, optional: bool = False) -> None:
+    """A number (whole where the field is) not below `minimum`; None passes when optional."""
+    if value is None and optional:
+        return
+    if not is_number(value) or value < minimum:
+        raise place.bad(name, value, f"a number >= {minimum:g}" + (" or null" if optional else ""))
+
+
+def in_range(place: Place, name: str, value: Any, low: float, high: float) -> None:
+    if not is_number(value) or not low <= value <= high:
+        raise place.bad(name, value, f"a value from {low:g} to {high:g}")
+
+
+def one_of(place: Place, name: str, value: Any, allowed: Iterable[Any], hint: str | None = None) -> None:
+    allowed = tuple(allowed)
+    if value not in allowed:
+        raise place.error(f"'{place.key(name)}' has a bad value {value!r}",
+                          hint or f"use one of: {', '.join(str(a) for a in allowed)}")
+
+
+def need(place: Place, ok: bool, message: str, hint: str) -> None:
+    """A cross-field rule: `message` says what is wrong, `hint` what to write instead."""
+    if not ok:
+        raise place.error(message, hint)
+
+
+def read_yaml(path: str | Path, what: str, hint: str) -> Any:
+    """A YAML file's content (None when empty); a missing file or bad syntax says so, naming `what`."""
+    path = Path(path)
+    if not path.is_file():
+        raise EdgeADError(f"{what} not found: {path}", hint)
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise EdgeADError(f"{what} {path} is not valid YAML: {exc}".splitlines()[0],
+                          "fix the YAML syntax (indentation, colons)") from None
