@@ -16,7 +16,7 @@ import numpy as np
 from edgead.decide import thresholds as T
 from edgead.backends import load_detector
 from edgead.export.build import build_engine
-from edgead.decide.calibrate import engine_info, score_images
+from edgead.decide.scoring import engine_info, score_images
 from edgead.data.images import list_images
 from edgead.data.mvtec import test_samples
 

@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from edgead.backends import load_detector
-from edgead.decide.calibrate import Scored, build_record, engine_info, write_record
+from edgead.decide.record import build_record, write_record
+from edgead.decide.scoring import Scored, engine_info
 from edgead.demo.demo import conveyor
 from edgead.data.images import list_images, read_image
 from edgead.preprocess import preprocess

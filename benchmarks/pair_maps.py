@@ -90,13 +90,14 @@ def _head_scores(model, samples, near_border: list[bool] | None = None) -> list[
 def _add_position_statistics(model, good_dir: Path) -> None:
     """What training does for `position_norm: true`, for a model trained without it."""
     from edgead.data.images import good_images, load_batch
-    from edgead.training.train import _cache_teacher, _position_statistics
+    from edgead.training.batches import cache_teacher
+    from edgead.training.statistics import position_statistics
 
     images = torch.from_numpy(load_batch(good_images(good_dir), model.cfg.input)[0])
     model.head.add_position_norm()
-    cache = _cache_teacher(model, images, 8, torch.device("cpu"))
+    cache = cache_teacher(model, images, 8, torch.device("cpu"))
     with torch.no_grad():
-        _position_statistics(model, [(images, cache)], 8, torch.device("cpu"))
+        position_statistics(model, [(images, cache)], 8, torch.device("cpu"))
 
 
 def main() -> None:

@@ -97,7 +97,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_build_engine(args: argparse.Namespace) -> int:
     if args.engine:
-        from edgead.export.rebuild import rebuild_tensorrt
+        from edgead.export.build import rebuild_tensorrt
 
         if args.out or args.map_size or args.backend not in ("auto", "tensorrt"):
             raise EdgeADError("--engine rebuilds TensorRT engines in that folder; --out, --map-size and --backend "
@@ -123,7 +123,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from edgead.decide.calibrate import EXIT_DRIFT, calibrate, check_drift
+    from edgead.decide.calibrate import calibrate
+    from edgead.decide.drift import EXIT_DRIFT, check_drift
 
     if args.check:
         given = [f"--{k}" for k, v in (("defects", args.defects), ("target-frr", args.target_frr),

@@ -1,7 +1,7 @@
-"""The three small protocols that carry the run loop (ARCHITECTURE.md rule 3).
+"""The three small protocols that carry the run loop (ARCHITECTURE.md rule 3), and the records they pass.
 
 A new camera is one new FrameSource; a new output is one new RejectSink; a new runtime is one new
-Detector (see edgead.backends). Times: `t_capture` is `time.monotonic()` seconds (for deadlines
+Detector (see edgead.backends). Each declares every attribute the loop reads, so nothing is probed. Times: `t_capture` is `time.monotonic()` seconds (for deadlines
 and reject timing, immune to clock changes); `wall_time` is ISO-8601 UTC, for logs.
 """
 
@@ -25,7 +25,15 @@ class Frame:
 
 @runtime_checkable
 class FrameSource(Protocol):
-    name: str
+    name: str                    # shown in logs and alarms, e.g. "opencv:0"
+
+    @property
+    def live(self) -> bool:
+        """A camera or stream (True), or a recording replayed (video file, image folder)."""
+
+    @property
+    def finished(self) -> bool:
+        """A recording that has ended; always False for a live camera."""
 
     def open(self) -> None:
         """Connect to the camera; raise EdgeADError with what to check when it cannot."""
@@ -34,6 +42,20 @@ class FrameSource(Protocol):
         """Next frame, or None when none arrived within timeout_s. Raises EdgeADError when the camera is gone."""
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class Detector(Protocol):
+    """One runtime's engine (edgead.backends): scores and anomaly maps for a preprocessed batch."""
+
+    backend: str                 # one of edgead.backends.manifest.BACKENDS (or "torch" for the reference)
+    precision: str               # one of edgead.backends.manifest.PRECISIONS
+    fingerprint: str             # identifies the engine that produced the scores (calibration checks it)
+    max_batch: int
+
+    def infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """NCHW float32 preprocessed images -> (scores N float32, maps N x h x w float32)."""
+        ...
 
 
 @dataclass

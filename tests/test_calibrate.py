@@ -19,8 +19,8 @@ import yaml
 
 from edgead import __version__
 from edgead.decide import thresholds as T
-from edgead.decide.calibrate import (KIND, Scored, build_record, decide, load_calibration, read_calibration,
-                              write_record)
+from edgead.decide.record import KIND, build_record, decide, load_calibration, read_calibration, write_record
+from edgead.decide.scoring import Scored
 from edgead.cli import main
 from edgead.errors import EdgeADError
 
@@ -185,7 +185,8 @@ def test_calibration_record_contents(calibrated, engine, held_out, tiny_product)
     # The threshold is the quantile of the engine's own scores on every held-out image: exactly the
     # 11 = 10 % of 110 that the record counts lie above it, and the escape rate is the share of the
     # defective images whose score is not above it.
-    from edgead.decide.calibrate import defect_paths, engine_info, score_images
+    from edgead.decide.calibrate import defect_paths
+    from edgead.decide.scoring import engine_info, score_images
     from edgead.data.images import list_images
 
     spec, _ = engine_info(engine, det)

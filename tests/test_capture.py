@@ -21,9 +21,10 @@ import yaml
 from capture_fixtures import (FakeGigECamera, fake_gige_server, gige_camera, viky,  # noqa: F401
                               write_images, write_video)
 from edgead.capture import FrameIds, ReconnectingSource, Backoff, make_frame, open_source
-from edgead.capture.config import PIXEL_FORMATS, CameraConfig, to_image
+from edgead.capture.config import CameraConfig
 from edgead.capture.genicam import parse_genicam_spec
 from edgead.capture.opencv import OpenCVCamera, gstreamer_camera, has_gstreamer, redact
+from edgead.capture.pixels import PIXEL_FORMATS, to_image
 from edgead.capture.replay import ReplaySource
 from edgead.errors import EdgeADError
 
@@ -232,7 +233,7 @@ def test_replay_folder_order_and_finished(tmp_path):
 
 
 def test_replay_pacing(tmp_path, monkeypatch):
-    import edgead.capture as capture
+    import edgead.capture.frames as capture
 
     # a fake clock drives the pacer: the waits are exact, however slow reading the files is
     clock = FakeClock()

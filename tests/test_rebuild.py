@@ -43,8 +43,8 @@ def fake_trt(monkeypatch):
         return {"backend": "tensorrt", "precision": precision, "files": files,
                 "device": {"gpu": "Orin", "compute_capability": "8.7", "tensorrt": "10.3.0", "dla_core": dla_core}}
 
-    import edgead.backends.tensorrt as trt_backend
-    import edgead.export.rebuild as rebuild
+    import edgead.export.build as rebuild
+    import edgead.export.tensorrt_build as trt_backend
 
     monkeypatch.setattr(trt_backend, "build_engines", build_engines)
     monkeypatch.setattr(rebuild, "tensorrt_usable", lambda: True)
@@ -76,7 +76,7 @@ def test_rebuild_on_device_needs_no_torch_and_keeps_onnx_entries_valid(exported,
 
 
 def test_rebuild_refuses_a_half_copied_folder(exported, fake_trt):
-    from edgead.export.rebuild import rebuild_tensorrt
+    from edgead.export.build import rebuild_tensorrt
 
     (exported / "student.onnx").write_bytes(b"truncated")
     with pytest.raises(EdgeADError) as e:
@@ -89,7 +89,7 @@ def test_rebuild_refuses_a_half_copied_folder(exported, fake_trt):
 
 
 def test_rebuild_without_tensorrt_or_with_an_old_manifest(exported, fake_trt, monkeypatch, tmp_path):
-    import edgead.export.rebuild as rebuild
+    import edgead.export.build as rebuild
 
     old = tmp_path / "old"
     shutil.copytree(exported, old)

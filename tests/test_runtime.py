@@ -70,7 +70,8 @@ def frames(tiny_product):
 @pytest.fixture(scope="module")
 def calibration(engine, detector, frames, tmp_path_factory):
     """A real calibration record (edgead.decide.calibrate), its threshold halfway between good and defect scores."""
-    from edgead.decide.calibrate import Scored, build_record, engine_info, write_record
+    from edgead.decide.record import build_record, write_record
+    from edgead.decide.scoring import Scored, engine_info
     from edgead.preprocess import preprocess
 
     spec, info = engine_info(engine, detector)

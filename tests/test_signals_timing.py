@@ -13,7 +13,9 @@ from signals_fixtures import FakeClock, FakeLines, event, wait_for
 
 from edgead.errors import EdgeADError
 from edgead.signals.config import parse_sink
-from edgead.signals.timing import EPS, EncoderTracker, Scheduler, Worker
+from edgead.signals.encoder import EncoderTracker
+from edgead.signals.scheduler import EPS, Scheduler
+from edgead.signals.worker import Worker
 
 # Real-clock timing: an edge is never early (strict), and not later than this (a loaded 2-core
 # machine can stall a thread for a while; the exact times are checked on the fake clock above).
@@ -367,7 +369,7 @@ def test_gpio_without_a_chip_reports_unhealthy_instead_of_crashing():
 
 
 def test_gpio_edge_counter_counts_edge_events_from_the_request():
-    from edgead.signals.gpio import GpiodEdgeCounter
+    from edgead.signals.encoder_sources import GpiodEdgeCounter
 
     class FakeEdges:
         def __init__(self):

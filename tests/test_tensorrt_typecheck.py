@@ -20,7 +20,7 @@ import pytest
 from edgead.errors import EdgeADError
 
 ROOT = Path(__file__).resolve().parents[1]
-MODULE = ROOT / "edgead" / "backends" / "tensorrt.py"
+MODULES = [ROOT / "edgead" / "backends" / "tensorrt.py", ROOT / "edgead" / "export" / "tensorrt_build.py"]
 INSTALL = 'pip install "edgead[trt]"'
 
 
@@ -74,7 +74,7 @@ def _mypy(paths: list[Path], stub_path: Path, cache: Path, monkeypatch: pytest.M
 
 def test_tensorrt_backend_type_checks(stub_path: Path, tmp_path_factory: pytest.TempPathFactory,
                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    report, code = _mypy([MODULE], stub_path, tmp_path_factory.mktemp("mypy-cache"), monkeypatch)
+    report, code = _mypy(MODULES, stub_path, tmp_path_factory.mktemp("mypy-cache"), monkeypatch)
     assert code == 0, report
 
 
@@ -101,9 +101,11 @@ def test_import_needs_no_tensorrt(no_tensorrt: types.ModuleType) -> None:
 
 
 def test_build_without_tensorrt_says_how_to_install(no_tensorrt: types.ModuleType, tmp_path: Path) -> None:
+    from edgead.export.tensorrt_build import build_engines
+
     with pytest.raises(EdgeADError) as err:
-        no_tensorrt.build_engines(tmp_path, {"teacher": "teacher.onnx", "student": "student.onnx"}, "fp16", 4,
-                                  (64, 64), {"t0_0": (16, 16, 16)}, 256, None, None)
+        build_engines(tmp_path, {"teacher": "teacher.onnx", "student": "student.onnx"}, "fp16", 4,
+                      (64, 64), {"t0_0": (16, 16, 16)}, 256, None, None)
     assert INSTALL in err.value.message
 
 
@@ -300,7 +302,7 @@ def fake_runtime(no_tensorrt: types.ModuleType, monkeypatch: pytest.MonkeyPatch,
 def test_detector_flow_on_a_fake_runtime(fake_runtime: Any, low: int) -> None:
     import numpy as np
 
-    from edgead.backends import Detector
+    from edgead.protocols import Detector
 
     cuda, open_detector = fake_runtime
     det = open_detector(low)

@@ -203,6 +203,6 @@ def test_score_stats():
 
 
 def test_edge_path_imports_no_torch():
-    code = ("import sys, edgead.decide.thresholds, edgead.decide.calibrate; "
+    code = ("import sys, edgead.decide, edgead.decide.thresholds, edgead.decide.calibrate, edgead.decide.drift; "
             "bad = [m for m in ('torch', 'matplotlib') if m in sys.modules]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,27 +1,14 @@
 """Detector backends: one per runtime. `load_detector` picks one for an engine folder.
 
-The Detector protocol (ARCHITECTURE.md rule 3): `infer(batch) -> (scores, maps)` on a preprocessed
-NCHW float32 batch. Importing this package imports no torch and no TensorRT.
+Each backend implements edgead.protocols.Detector: `infer(batch) -> (scores, maps)` on a
+preprocessed NCHW float32 batch. Edge path: importing this package imports no torch and no TensorRT.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Protocol, runtime_checkable
 
-import numpy as np
-
-
-@runtime_checkable
-class Detector(Protocol):
-    backend: str
-    precision: str
-    fingerprint: str           # identifies the engine that produced the scores (calibration checks it)
-    max_batch: int
-
-    def infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """NCHW float32 preprocessed images -> (scores N float32, maps N x h x w float32)."""
-        ...
+from edgead.protocols import Detector
 
 
 def load_detector(engine_dir: str | Path, backend: str = "auto", precision: str | None = None,

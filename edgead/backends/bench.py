@@ -7,13 +7,14 @@ test assertion.
 from __future__ import annotations
 
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from edgead.backends import Detector
-from edgead.backends.manifest import read_manifest
+from edgead.protocols import Detector
+from edgead.backends.manifest import preprocess_spec, read_manifest
 from edgead.errors import EdgeADError
 from edgead.io import atomic_write_json
 from edgead.preprocess import PreprocessSpec, preprocess
@@ -27,6 +28,7 @@ def _percentiles(samples_s: list[float]) -> dict[str, float]:
 
 def time_detector(det: Detector, spec: PreprocessSpec, batch: int, iters: int, warmup: int,
                   frame_hw: tuple[int, int], include_preprocess: bool, seed: int = 0) -> dict[str, float]:
+    """Latency percentiles and images/s of one detector on random frames, with or without preprocessing."""
     rng = np.random.default_rng(seed)
     frames = [rng.integers(0, 256, (*frame_hw, 3), dtype=np.uint8) for _ in range(batch)]
     x = np.stack([preprocess(f, spec) for f in frames])
@@ -43,7 +45,8 @@ def time_detector(det: Detector, spec: PreprocessSpec, batch: int, iters: int, w
     return stats
 
 
-def available_detectors(engine_dir: Path, manifest: dict[str, Any], with_torch: bool) -> dict[str, Callable[[], Detector]]:
+def available_detectors(engine_dir: Path, manifest: dict[str, Any],
+                        with_torch: bool) -> dict[str, Callable[[], Detector]]:
     """Name -> factory for every backend/precision that can run here."""
     from edgead.backends import load_detector
     from edgead.backends.manifest import tensorrt_usable
@@ -52,7 +55,7 @@ def available_detectors(engine_dir: Path, manifest: dict[str, Any], with_torch: 
     for e in manifest["engines"]:
         if e["backend"] == "tensorrt" and not tensorrt_usable():
             continue
-        out[f"{e['backend']}/{e['precision']}"] = (lambda b=e["backend"], p=e["precision"]: load_detector(engine_dir, b, p))
+        out[f"{e['backend']}/{e['precision']}"] = partial(load_detector, engine_dir, e["backend"], e["precision"])
     model_dir = Path(manifest["model"]["path"])
     if with_torch and model_dir.is_dir():
         try:
@@ -66,16 +69,18 @@ def available_detectors(engine_dir: Path, manifest: dict[str, Any], with_torch: 
 def bench(engine_dir: str | Path, *, batches: list[int] | None = None, iters: int = 30, warmup: int = 5,
           with_torch: bool = True, backends: list[str] | None = None, out: str | Path | None = None,
           log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Time every backend that can run here at each batch size; print the table, optionally write JSON."""
     engine_dir = Path(engine_dir)
     manifest = read_manifest(engine_dir)
-    spec = PreprocessSpec.from_dict(manifest["preprocess"])
+    spec = preprocess_spec(manifest)
     batches = batches or sorted({1, int(manifest["max_batch"])})
     frame_hw = (spec.height * 2, spec.width * 2)       # a camera frame larger than the model input
     dets = available_detectors(engine_dir, manifest, with_torch)
     if backends:
         dets = {k: v for k, v in dets.items() if k.split("/")[0] in backends or k in backends}
         if not dets:
-            raise EdgeADError(f"none of the backends {backends} can run here", f"available: {', '.join(available_detectors(engine_dir, manifest, with_torch))}")
+            raise EdgeADError(f"none of the backends {backends} can run here",
+                              f"available: {', '.join(available_detectors(engine_dir, manifest, with_torch))}")
     rows = []
     for name, factory in dets.items():
         det = factory()

@@ -1,10 +1,12 @@
-"""TensorRT backend: builds the teacher and student engines on the target device and runs them.
+"""TensorRT backend: loads and runs the teacher and student engines of an engine folder.
 
 Engines only run on the GPU model and TensorRT version that built them, so the manifest entry
 records both and a mismatch is refused with a message to rebuild. At run time the teacher's
 feature outputs are the student's input buffers: the features never leave the GPU, and only the
 image goes in and the map and score come back, through pinned host memory on one stream.
 
+The engines are built by edgead.export.tensorrt_build, which reuses the import, device and logger
+helpers here (export imports backends, never the other way round).
 TensorRT and cuda-python are imported lazily (`pip install "edgead[trt]"`), so importing this
 module needs neither. Supports TensorRT 8.6, 10.x and 11.x.
 """
@@ -21,7 +23,6 @@ import numpy as np
 import numpy.typing as npt
 
 from edgead.errors import EdgeADError
-from edgead.io import atomic_write_bytes
 
 if TYPE_CHECKING:
     import tensorrt as trt
@@ -29,14 +30,13 @@ if TYPE_CHECKING:
 INSTALL = 'pip install "edgead[trt]"'
 INSTALL_HINT = f"{INSTALL} on the device with the GPU (on Jetson, TensorRT comes with JetPack)"
 ROLES = ("teacher", "student")
-TIMING_CACHE = "timing.cache"
 CUDA_HINT = "check the NVIDIA driver (nvidia-smi or tegrastats) and free GPU memory, or use --backend onnxruntime"
 ITEMSIZE = {"FLOAT": 4, "HALF": 2, "BF16": 2, "INT32": 4, "INT64": 8, "INT8": 1, "UINT8": 1, "BOOL": 1, "FP8": 1}
 _log = logging.getLogger("edgead.tensorrt")
 _CUDART: Any = None
 
 
-def _require() -> None:
+def require() -> None:
     """Import TensorRT and cuda-python or explain how to install them.
 
     A `tensorrt` without `Builder` is the namespace package left by `tensorrt-stubs` alone.
@@ -76,7 +76,7 @@ def _ck(result: Any, call: str) -> Any:
 def usable() -> bool:
     """TensorRT and cuda-python importable here (no GPU touched): what backend "auto" should check."""
     try:
-        _require()
+        require()
     except EdgeADError:
         return False
     return True
@@ -102,7 +102,7 @@ def gpu_identity() -> dict[str, str]:
     return {"gpu": str(name).strip(), "compute_capability": f"{int(props.major)}.{int(props.minor)}"}
 
 
-def _make_logger() -> tuple[trt.ILogger, list[str]]:
+def make_logger() -> tuple[trt.ILogger, list[str]]:
     """A TensorRT logger that keeps the errors (for the EdgeADError) and forwards warnings to logging."""
     import tensorrt as trt
 
@@ -121,145 +121,9 @@ def _make_logger() -> tuple[trt.ILogger, list[str]]:
     return _Logger(), errors
 
 
-def _last(errors: list[str]) -> str:
+def last_error(errors: list[str]) -> str:
+    """The last TensorRT error, as the tail of an EdgeADError message ("" when there is none)."""
     return f": {errors[-1][:300]}" if errors else ""
-
-
-def _keep_head_fp32(network: trt.INetworkDefinition) -> int:
-    """Pin the scoring head to FP32: its squared feature differences overflow or vanish in FP16.
-
-    torch names the head's ONNX nodes /head/... (/model/head/... when nested one level deeper).
-    Layers with integer (shape) inputs only get FP32 outputs; integer-valued layers are left alone.
-    """
-    import tensorrt as trt
-
-    floats, forced = (trt.float32, trt.float16), 0
-    for i in range(network.num_layers):
-        layer = network.get_layer(i)
-        if not (layer.name.startswith("/head/") or "/model/head/" in layer.name):
-            continue
-        if not all(layer.get_output(j).dtype in floats for j in range(layer.num_outputs)):
-            continue
-        inputs: list[trt.ITensor | None] = [layer.get_input(j) for j in range(layer.num_inputs)]
-        if all(t is None or t.dtype in floats for t in inputs):
-            layer.precision = trt.float32
-        for j in range(layer.num_outputs):
-            layer.set_output_type(j, trt.float32)
-        forced += 1
-    return forced
-
-
-def _load_timing_cache(config: trt.IBuilderConfig, path: Path) -> trt.ITimingCache:
-    """Reuse earlier tactic timings; a cache from another GPU or TensorRT is replaced, not an error."""
-    blob = path.read_bytes() if path.is_file() else b""
-    cache: trt.ITimingCache | None = config.create_timing_cache(blob)
-    if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
-        _log.warning("ignoring %s: it was made on another device or TensorRT version", path)
-        cache = config.create_timing_cache(b"")
-        config.set_timing_cache(cache, ignore_mismatch=False)
-    return cache
-
-
-def build_engines(engine_dir: Path, onnx_files: dict[str, str], precision: str, max_batch: int,
-                  input_hw: tuple[int, int], feature_shapes: dict[str, tuple[int, ...]],
-                  workspace_mib: int = 1024, dla_core: int | None = None,
-                  strongly_typed_fp16_onnx: dict[str, str] | None = None) -> dict[str, Any]:
-    """Build `<role>.<precision>.plan` for teacher and student in engine_dir; return the manifest entry.
-
-    onnx_files (and strongly_typed_fp16_onnx) map role -> ONNX file name in engine_dir. TensorRT 11
-    has no FP16 builder flag: there FP16 means a strongly typed network from the FP16 ONNX graphs,
-    whose own types must keep the head and the engine inputs and outputs in FP32.
-    The profile's opt batch is max_batch: the batch a user builds for is the batch they run (longer
-    inputs are split into max_batch chunks), and a single-camera max_batch 1 gets opt 1.
-    feature_shapes (name -> (C, h, w)) and input_hw are only used where the ONNX graph leaves a
-    non-batch input dim dynamic (edgead's export does not: its student inputs are static).
-    """
-    _require()
-    import tensorrt as trt
-
-    engine_dir, version = Path(engine_dir), str(trt.__version__)
-    major_minor = tuple(int(p) for p in version.split(".")[:2])
-    if major_minor < (8, 6):
-        raise EdgeADError(f"TensorRT {version} is too old: edgead needs TensorRT 8.6 or newer", INSTALL)
-    if precision not in ("fp16", "fp32") or max_batch < 1 or workspace_mib < 1:
-        raise EdgeADError(f"cannot build {precision!r} with max batch {max_batch} and {workspace_mib} MiB workspace",
-                          "use --precision fp16 or fp32 and a positive --max-batch and --workspace")
-    strongly_typed = precision == "fp16" and not hasattr(trt.BuilderFlag, "FP16")
-    if strongly_typed and not strongly_typed_fp16_onnx:
-        raise EdgeADError(f"TensorRT {version} builds FP16 only from FP16 ONNX graphs (strong typing), none given",
-                          "export the FP16 ONNX graphs, or build with --precision fp32")
-    if dla_core is not None and precision != "fp16":
-        raise EdgeADError("DLA runs FP16 (or INT8) engines only", "build for DLA with --precision fp16")
-    sources = strongly_typed_fp16_onnx if strongly_typed and strongly_typed_fp16_onnx else onnx_files
-
-    identity = gpu_identity()
-    logger, errors = _make_logger()
-    builder = trt.Builder(logger)
-    if dla_core is not None and not 0 <= dla_core < builder.num_DLA_cores:
-        raise EdgeADError(f"DLA core {dla_core} does not exist: this device has {builder.num_DLA_cores}",
-                          "leave --dla-core out to build for the GPU")
-    flags = 0
-    if major_minor[0] < 10:                                     # always explicit batch from TensorRT 10 on
-        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
-    if strongly_typed and hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
-        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)   # accepted (implied) on 11
-    shapes = {"image": (3, *input_hw), **feature_shapes}
-    low = max_batch if dla_core is not None else 1              # DLA needs static shapes: min = opt = max
-    cache: trt.ITimingCache | None = None
-    plans: dict[str, bytes] = {}
-    for role in ROLES:
-        path = engine_dir / sources[role]
-        if not path.is_file():
-            raise EdgeADError(f"ONNX graph {path} not found", "export the model again with `edgead build-engine`")
-        network = builder.create_network(flags)
-        parser = trt.OnnxParser(network, logger)                # owns the weights: alive until built
-        if not parser.parse_from_file(str(path)):
-            found = "; ".join(" ".join(str(parser.get_error(i)).split()) for i in range(min(parser.num_errors, 3)))
-            raise EdgeADError(f"TensorRT {version} could not parse {path.name}: {found or 'unknown error'}",
-                              "update TensorRT, or report this with the model config")
-        config = builder.create_builder_config()
-        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mib << 20)
-        if cache is None:
-            cache = _load_timing_cache(config, engine_dir / TIMING_CACHE)     # and set on this config
-        else:
-            config.set_timing_cache(cache, ignore_mismatch=False)
-        if precision == "fp16" and not strongly_typed:
-            config.set_flag(trt.BuilderFlag.FP16)
-            if role == "student" and _keep_head_fp32(network) == 0:
-                raise EdgeADError(f"no scoring-head layers (/head/...) in {path.name} to keep in FP32",
-                                  "export the model again with this edgead version")
-            config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
-        elif precision == "fp32" and hasattr(trt.BuilderFlag, "TF32"):
-            config.clear_flag(trt.BuilderFlag.TF32)             # fp32 means FP32, not TF32 convolutions
-        if dla_core is not None:
-            config.default_device_type = trt.DeviceType.DLA
-            config.DLA_core = dla_core
-            config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
-        profile = builder.create_optimization_profile()
-        for i in range(network.num_inputs):
-            tensor = network.get_input(i)
-            chw = [int(tensor.shape[k]) for k in range(1, len(tensor.shape))]      # static in edgead's export
-            if any(d < 0 for d in chw):
-                if tensor.name not in shapes:
-                    raise EdgeADError(f"{path.name} input {tensor.name!r} has no known shape", "export it again")
-                chw = [int(d) for d in shapes[tensor.name]]
-            profile.set_shape(tensor.name, trt.Dims([low, *chw]), trt.Dims([max_batch, *chw]),
-                              trt.Dims([max_batch, *chw]))
-        if config.add_optimization_profile(profile) < 0:
-            raise EdgeADError(f"invalid optimisation profile for {path.name}{_last(errors)}", "export it again")
-        plan: trt.IHostMemory | None = builder.build_serialized_network(network, config)
-        if plan is None:
-            raise EdgeADError(f"TensorRT {version} failed to build the {role} engine{_last(errors)}",
-                              "try a larger --workspace, a smaller --max-batch, or --precision fp32")
-        plans[role] = bytes(memoryview(plan))
-        del parser, network
-    files = {role: f"{role}.{precision}.plan" for role in ROLES}
-    for role in ROLES:
-        atomic_write_bytes(engine_dir / files[role], plans[role])
-    if cache is not None:
-        atomic_write_bytes(engine_dir / TIMING_CACHE, bytes(memoryview(cache.serialize())))
-    return {"backend": "tensorrt", "precision": precision, "files": files,
-            "device": {**identity, "tensorrt": version, "dla_core": dla_core}}
 
 
 def check_device(entry: dict[str, Any], manifest: dict[str, Any]) -> None:
@@ -301,7 +165,7 @@ class TensorRTDetector:
         self._contexts: dict[str, trt.IExecutionContext] = {}
         self._runtime: trt.Runtime | None = None
         self._batch = 0
-        _require()
+        require()
         self._rt = _cudart()
         self.precision = str(entry["precision"])
         self.fingerprint = str(entry["fingerprint"])
@@ -319,7 +183,7 @@ class TensorRTDetector:
     def _open(self, engine_dir: Path, entry: dict[str, Any], max_batch: int) -> None:
         import tensorrt as trt
 
-        self._logger, errors = _make_logger()
+        self._logger, errors = make_logger()
         self._runtime = trt.Runtime(self._logger)                 # must outlive its engines
         if entry["device"].get("dla_core") is not None:
             self._runtime.DLA_core = int(entry["device"]["dla_core"])
@@ -331,7 +195,7 @@ class TensorRTDetector:
                 raise EdgeADError(f"cannot read engine file {path}", "rebuild with `edgead build-engine`") from exc
             engine: trt.ICudaEngine | None = self._runtime.deserialize_cuda_engine(blob)
             if engine is None:
-                raise EdgeADError(f"TensorRT could not load {path}{_last(errors)}",
+                raise EdgeADError(f"TensorRT could not load {path}{last_error(errors)}",
                                   "rebuild with `edgead build-engine`")
             names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
             io = {n: engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT for n in names}
@@ -340,7 +204,7 @@ class TensorRTDetector:
                                   "rebuild with `edgead build-engine`")
             context: trt.IExecutionContext | None = engine.create_execution_context()
             if context is None:
-                raise EdgeADError(f"TensorRT could not create a context for {path.name}{_last(errors)}", CUDA_HINT)
+                raise EdgeADError(f"TensorRT could not create a context for {path.name}{last_error(errors)}", CUDA_HINT)
             self._engines[role], self._contexts[role] = engine, context
         teacher, student = self._engines["teacher"], self._engines["student"]
         dtypes = {n: teacher.get_tensor_dtype(n).name for n in self._io["teacher"]}
@@ -363,7 +227,7 @@ class TensorRTDetector:
         for role, context in self._contexts.items():
             for name in self._io[role]:                            # the student reads the teacher's outputs
                 if not context.set_tensor_address(name, self._dev[name]):
-                    raise EdgeADError(f"TensorRT refused the {role} buffer for {name}{_last(errors)}", CUDA_HINT)
+                    raise EdgeADError(f"TensorRT refused the {role} buffer for {name}{last_error(errors)}", CUDA_HINT)
 
     def _set_batch(self, n: int) -> dict[str, tuple[int, ...]]:
         """Set every input shape for batch n; return the shapes of all tensors."""

@@ -13,8 +13,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from edgead.capture import FrameIds, make_frame
-from edgead.capture.config import PIXEL_FORMATS, CameraConfig, to_image
+from edgead.capture.config import CameraConfig
+from edgead.capture.frames import FrameIds, make_frame
+from edgead.capture.pixels import PIXEL_FORMATS, to_image
 from edgead.errors import EdgeADError
 from edgead.protocols import Frame
 
@@ -50,14 +51,15 @@ class GenICamSource:
 
     SUPPORTED = {"exposure_us", "gain_db", "pixel_format", "trigger", "trigger_source", "packet_size",
                  "frame_rate", "timeout_ms", "buffers"}
-    live = True
+    live: bool = True
+    finished: bool = False          # a live camera never ends
 
     def __init__(self, cti: str | Path, serial: str | None = None, *, config: CameraConfig | None = None,
                  on_missed_trigger: Callable[[int, int], None] | None = None) -> None:
         self.cti = Path(cti).expanduser()
         self.serial = serial
         self.config = config or CameraConfig()
-        self.name = f"genicam:{self.cti.name}:{serial}" if serial else f"genicam:{self.cti.name}"
+        self.name: str = f"genicam:{self.cti.name}:{serial}" if serial else f"genicam:{self.cti.name}"
         self.on_missed_trigger = on_missed_trigger
         self.frames = 0
         self.frames_dropped = 0

@@ -23,8 +23,9 @@ import threading
 import time
 from typing import Any, Callable
 
-from edgead.capture import FrameIds, make_frame
-from edgead.capture.config import PIXEL_FORMATS, CameraConfig, to_image
+from edgead.capture.config import CameraConfig
+from edgead.capture.frames import FrameIds, make_frame
+from edgead.capture.pixels import PIXEL_FORMATS, to_image
 from edgead.errors import EdgeADError
 from edgead.protocols import Frame
 
@@ -35,7 +36,7 @@ INSTALL_HINT = ('pip install "edgead[gige]" (PyGObject), and the system packages
                 "(aravis-tools-cli adds arv-tool-0.8 to list cameras)")
 GVCP_PORT = 3956
 
-# GenICam pixel format names (config.PIXEL_FORMATS) -> Aravis constant names
+# GenICam pixel format names (pixels.PIXEL_FORMATS) -> Aravis constant names
 _ARAVIS_FORMATS = {
     "Mono8": "MONO_8", "Mono16": "MONO_16", "RGB8": "RGB_8_PACKED", "BGR8": "BGR_8_PACKED",
     "RGBa8": "RGBA_8_PACKED", "BGRa8": "BGRA_8_PACKED", "BayerRG8": "BAYER_RG_8",
@@ -96,14 +97,15 @@ class GigESource:
 
     SUPPORTED = {"exposure_us", "gain_db", "pixel_format", "trigger", "trigger_source", "packet_size",
                  "frame_rate", "timeout_ms", "buffers"}
-    live = True
+    live: bool = True
+    finished: bool = False          # a live camera never ends
 
     def __init__(self, camera_id: str = "", *, config: CameraConfig | None = None,
                  on_missed_trigger: Callable[[int, int], None] | None = None,
                  probe_interval_s: float = 1.0) -> None:
         self.camera_id = camera_id.strip()
         self.config = config or CameraConfig()
-        self.name = f"gige:{self.camera_id}"
+        self.name: str = f"gige:{self.camera_id}"
         self.on_missed_trigger = on_missed_trigger
         self.probe_interval_s = probe_interval_s
         self.frames = 0

@@ -18,8 +18,8 @@ from urllib.parse import urlsplit, urlunsplit
 import cv2
 import numpy as np
 
-from edgead.capture import Pacer, make_frame
 from edgead.capture.config import CameraConfig
+from edgead.capture.frames import Pacer, make_frame
 from edgead.errors import EdgeADError
 from edgead.protocols import Frame
 
@@ -62,7 +62,8 @@ class OpenCVCamera:
     """
 
     SUPPORTED = {"frame_rate", "timeout_ms"}
-    live = True
+    live: bool = True
+    finished: bool = False          # a live camera never ends
 
     def __init__(self, target: int | str, *, config: CameraConfig | None = None, api: int = cv2.CAP_ANY,
                  name: str | None = None, max_failures: int = 3,
@@ -72,7 +73,7 @@ class OpenCVCamera:
         self.api = api
         self.kind = "gst" if api == cv2.CAP_GSTREAMER else "device" if isinstance(target, int) or \
             str(target).startswith("/dev/") else "stream"
-        self.name = name or (f"opencv:{target}" if self.kind == "device" else redact(str(target)))
+        self.name: str = name or (f"opencv:{target}" if self.kind == "device" else redact(str(target)))
         self.max_failures = max_failures
         self._factory = capture_factory
         self._cap: Any = None
@@ -171,7 +172,7 @@ class VideoFileSource:
     """
 
     SUPPORTED = {"frame_rate", "loop"}
-    live = False            # a recording: ReconnectingSource passes its errors through
+    live: bool = False      # a recording: ReconnectingSource passes its errors through
 
     def __init__(self, path: str | Path, *, config: CameraConfig | None = None, loop: bool | None = None,
                  fps: float | None = None, sleep: Callable[[float], None] = time.sleep) -> None:
@@ -179,13 +180,13 @@ class VideoFileSource:
         self.config = config or CameraConfig()
         self.loop = self.config.loop if loop is None else loop
         self.fps = self.config.frame_rate if fps is None else fps
-        self.name = f"video:{self.path}"
+        self.name: str = f"video:{self.path}"
         self._pacer = Pacer(self.fps, sleep)
         self._cap: Any = None
         self._seq = 0
         self._index = 0
         self._pass = 0
-        self.finished = False
+        self.finished: bool = False
         self.config.check_supported(self.name, self.SUPPORTED, live=False)
 
     def open(self) -> None:

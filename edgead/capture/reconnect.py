@@ -41,22 +41,27 @@ class ReconnectingSource:
     that restarted its count tells nothing and adds 0), `failed_attempts` (reopens that failed).
     Frames keep an increasing seq across a restarted count (the camera's own is then in
     meta["source_seq"]). A recording (source.live False: video file, image folder) is not reopened:
-    its errors propagate. `sleep` and `clock` are injectable so tests need no real waiting.
+    its errors propagate. A driver's own exception counts as a loss like an EdgeADError. `on_lost`
+    hears of each loss (the run loop counts them); `opened` says the source is already open, so the
+    first read does not open it again. `sleep` and `clock` are injectable so tests need no real waiting.
     """
 
     def __init__(self, source: FrameSource, backoff: Backoff | None = None, *,
+                 on_lost: Callable[[EdgeADError], None] | None = None, opened: bool = False,
                  sleep: Callable[[float], None] = time.sleep,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.source = source
-        self.name = source.name
+        self.on_lost = on_lost
+        self.name: str = source.name
+        self.live: bool = source.live               # as the wrapped source: a camera, or a recording
         self.backoff = backoff or Backoff()
         self._sleep, self._clock = sleep, clock
-        self.reconnects = 0
+        self.reconnects: int = 0
         self.gap_s_total = 0.0
         self.frames_lost = 0
         self.failed_attempts = 0
-        self.connected = False
-        self._started = False                       # open() done once (its errors propagate)
+        self.connected: bool = opened
+        self._started = opened                      # open() done once (its errors propagate)
         self.last_error: EdgeADError | None = None
         self._attempt = 0
         self._next_try = 0.0
@@ -70,7 +75,7 @@ class ReconnectingSource:
     @property
     def finished(self) -> bool:
         """A recording that ended (video file, image folder); never true for a live camera."""
-        return bool(getattr(self.source, "finished", False))
+        return self.source.finished
 
     def open(self) -> None:
         """First open (a no-op for a source open_source already opened): errors propagate, so a wrong
@@ -85,10 +90,11 @@ class ReconnectingSource:
             return self._try_reopen(timeout_s)
         try:
             frame = self.source.read(timeout_s)
-        except EdgeADError as e:
-            if not getattr(self.source, "live", True):
+        except Exception as e:
+            if not self.source.live:
                 raise                       # a bad file in a recording does not get better by reopening
-            self._lost(e)
+            self._lost(e if isinstance(e, EdgeADError) else
+                       EdgeADError(f"camera error: {e!r}", "check the camera's cable, power and driver"))
             return None
         return self._account(frame) if frame is not None else None
 
@@ -110,6 +116,8 @@ class ReconnectingSource:
         log.warning("%s: camera lost (%s); reconnecting in %.2f s", self.name, error.message,
                     self.backoff.delay(0))
         self._close_quietly()
+        if self.on_lost is not None:
+            self.on_lost(self.last_error)
 
     def _close_quietly(self) -> None:
         try:

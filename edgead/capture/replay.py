@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from edgead.capture import Pacer, make_frame
 from edgead.capture.config import CameraConfig
+from edgead.capture.frames import Pacer, make_frame
 from edgead.data.images import IMAGE_EXTENSIONS, list_images, read_image
 from edgead.errors import EdgeADError
 from edgead.protocols import Frame
@@ -26,7 +26,7 @@ class ReplaySource:
     """seq counts frames handed out (through loops); meta has the file and its index in the folder."""
 
     SUPPORTED = {"frame_rate", "loop", "skip_bad"}
-    live = False            # a recording: ReconnectingSource passes its errors through
+    live: bool = False      # a recording: ReconnectingSource passes its errors through
 
     def __init__(self, folder: str | Path, *, config: CameraConfig | None = None, fps: float | None = None,
                  loop: bool | None = None, skip_bad: bool | None = None,
@@ -36,9 +36,9 @@ class ReplaySource:
         self.fps = self.config.frame_rate if fps is None else fps
         self.loop = self.config.loop if loop is None else loop
         self.skip_bad = self.config.skip_bad if skip_bad is None else skip_bad
-        self.name = f"replay:{self.folder}"
+        self.name: str = f"replay:{self.folder}"
         self.skipped = 0
-        self.finished = False
+        self.finished: bool = False
         self._pacer = Pacer(self.fps, sleep)
         self._files: list[Path] | None = None
         self._next = 0

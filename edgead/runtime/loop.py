@@ -28,14 +28,20 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
+from edgead.capture.reconnect import Backoff, ReconnectingSource
 from edgead.errors import EdgeADError
 from edgead.preprocess import PreprocessSpec, preprocess
-from edgead.protocols import Frame, FrameSource, InspectionEvent
+from edgead.protocols import Detector, Frame, FrameSource, InspectionEvent
 from edgead.runtime.telemetry import RunMetrics
+
+if TYPE_CHECKING:  # types only: the loop is handed these, it never builds them
+    from edgead.runtime.http import LiveView
+    from edgead.runtime.recorder import Recorder
+    from edgead.signals.group import SinkGroup
 
 MAX_LOST_EVENTS = 1000      # a sequence jump larger than this is a camera restart, not lost parts
 OUT_QUEUE = 64              # decided parts waiting for the output thread (it only fires sinks: fast)
@@ -53,7 +59,6 @@ class LoopOptions:
     wait_for_engine: bool = False   # replay source: wait for a free slot instead of rejecting/skipping
     read_timeout_s: float = 0.1
     stall_alarm_s: float = 0.0
-    reconnect_s: float = 30.0
     max_frames: int | None = None
 
 
@@ -76,10 +81,6 @@ class Outcome:
     event: InspectionEvent
     image: np.ndarray | None = None
     amap: np.ndarray | None = None
-
-
-class Sink(Protocol):
-    def reject(self, event: InspectionEvent) -> None: ...
 
 
 class Ledger:
@@ -122,6 +123,11 @@ def reason_key(reason: str) -> str:
     return reason.split(":", 1)[0].strip().replace(" ", "_") or "unknown"
 
 
+def _text(err: BaseException) -> str:
+    """An error for an event's reason or an alarm: our own message, or the exception's repr."""
+    return err.message if isinstance(err, EdgeADError) and err.message else repr(err)
+
+
 def _ms(seconds: float) -> float:
     return round(seconds * 1000.0, 3)
 
@@ -129,11 +135,19 @@ def _ms(seconds: float) -> float:
 class Loop:
     """Runs one inspection session; `run()` blocks until stopped and returns when the outputs are flushed."""
 
-    def __init__(self, source: FrameSource, detector: Any, calibration: dict[str, Any], spec: PreprocessSpec,
+    def __init__(self, *, source: FrameSource, detector: Detector, calibration: dict[str, Any], spec: PreprocessSpec,
                  decide: Callable[[float, np.ndarray, dict[str, Any]], bool], options: LoopOptions,
-                 metrics: RunMetrics | None = None, sinks: Sink | None = None, recorder: Any = None,
-                 live: Any = None, log: Callable[[str], None] = lambda s: print(s, file=sys.stderr),
+                 metrics: RunMetrics | None = None, sinks: SinkGroup | None = None, recorder: Recorder | None = None,
+                 live: LiveView | None = None, log: Callable[[str], None] = lambda s: print(s, file=sys.stderr),
                  on_alarm: Callable[[str], None] | None = None) -> None:
+        # A live camera reads through the one reconnect path (ReconnectingSource); a replay is never
+        # reopened (that would play it again from the start): its errors stop the run.
+        self.camera: ReconnectingSource | None = None
+        if not options.wait_for_engine:
+            if not isinstance(source, ReconnectingSource):
+                source = ReconnectingSource(source, Backoff(initial_s=0.1, max_s=2.0), on_lost=self._camera_error,
+                                            opened=True)
+            self.camera = source
         self.source, self.detector, self.calibration, self.spec = source, detector, calibration, spec
         self.decide, self.opt, self.sinks, self.recorder, self.live = decide, options, sinks, recorder, live
         self.metrics = metrics or RunMetrics()
@@ -258,6 +272,11 @@ class Loop:
         if self.recorder is not None:
             self.recorder.dump_ring()
 
+    def output_failed(self, name: str, detail: str) -> None:
+        """An output reported a failure (the SinkGroup already drives the alarm outputs): counted and alarmed."""
+        self.metrics.sink_errors.inc()
+        self.alarm(f"output {name}: {detail}", key="output_failure", notify=False)
+
     # ------------------------------------------------------------ capture thread
 
     def _acquire_slot(self) -> bool:
@@ -280,22 +299,22 @@ class Loop:
                 break
             try:
                 frame = self.source.read(opt.read_timeout_s)
-            except Exception as e:  # the camera is gone, or a driver error: reconnect or stop
+            except Exception as e:  # a replay that cannot be read (a live camera reconnects inside read())
                 self._release_slot()
-                if not self._camera_failed(e):
-                    break
-                continue
+                self._source_failed(e)
+                break
             now = time.monotonic()
             self._watch_reconnects()
             if frame is None:
                 self._release_slot()
-                if getattr(self.source, "finished", False):
+                if self.source.finished:
                     self.request_stop("end of source")
                     break
-                if getattr(self.source, "connected", True) is False and not self._camera_away:
+                camera = self.camera
+                if camera is not None and not camera.connected and not self._camera_away:
                     self._camera_away = True
-                    err = getattr(self.source, "last_error", None)
-                    self.alarm(f"camera lost: {self.source.name}: {getattr(err, 'message', err)}; reconnecting "
+                    err = camera.last_error
+                    self.alarm(f"camera lost: {self.source.name}: {err.message if err else None}; reconnecting "
                                "(parts passing now are not inspected)", key="camera_lost")
                 if opt.stall_alarm_s and not stalled and now - last_frame_at > opt.stall_alarm_s:
                     stalled = True
@@ -330,7 +349,7 @@ class Loop:
             part.x = preprocess(frame.image, self.spec)
         except Exception as e:
             self._release_slot()
-            self._safe(part, f"preprocess error: {getattr(e, 'message', None) or e!r}")
+            self._safe(part, f"preprocess error: {_text(e)}")
             if first and isinstance(e, EdgeADError):  # e.g. the ROI lies outside this camera's frame
                 self.fatal = e
                 self.request_stop("preprocess error")
@@ -365,54 +384,25 @@ class Loop:
             self._emit(Outcome(self._pid(), ev))
 
     def _watch_reconnects(self) -> None:
-        """Mirror a ReconnectingSource's count into the metrics."""
-        n = getattr(self.source, "reconnects", None)
-        if isinstance(n, int) and n > self._reconnects_seen:
+        """Mirror the camera's reconnect count into the metrics."""
+        n = self.camera.reconnects if self.camera is not None else 0
+        if n > self._reconnects_seen:
             self.metrics.camera_reconnects.inc(n - self._reconnects_seen)
             self._reconnects_seen = n
             self.log(f"camera {self.source.name} reconnected")
 
-    def _camera_failed(self, err: BaseException) -> bool:
-        """Reopen a live camera with backoff for up to reconnect_s; False: give up and stop the run.
-
-        A replay (wait_for_engine) is not reopened: that would play it again from the start.
-        """
+    def _camera_error(self, err: EdgeADError) -> None:
+        """A live camera raised (unplugged, driver error): counted; its ReconnectingSource reopens it."""
         self.metrics.camera_errors.inc()
-        msg = getattr(err, "message", None) or repr(err)
+
+    def _source_failed(self, err: BaseException) -> None:
+        """A replay that cannot be read ends the run with its error (reopening would replay it from the start)."""
+        self.metrics.camera_errors.inc()
+        msg = _text(err)
         self.alarm(f"camera error: {self.source.name}: {msg}", key="camera_error")
-        if self.opt.wait_for_engine:
-            self.fatal = err if isinstance(err, EdgeADError) else EdgeADError(
-                f"reading {self.source.name} failed: {msg}", "check the file or folder")
-            self.request_stop("source error")
-            return False
-        give_up = time.monotonic() + self.opt.reconnect_s
-        delay = 0.1
-        while not self._stop.is_set():
-            try:
-                self.source.close()
-            except Exception:
-                pass
-            left = give_up - time.monotonic()
-            if left <= 0:
-                self.fatal = EdgeADError(f"camera {self.source.name} failed and did not come back within "
-                                         f"{self.opt.reconnect_s:g} s: {msg}",
-                                         "check its cable, power and network; camera.reconnect_s sets the wait")
-                self.request_stop("camera lost")
-                return False
-            if self._stop.wait(min(delay, left)):
-                return False
-            try:
-                self.source.open()
-            except Exception as e:
-                msg = getattr(e, "message", None) or repr(e)
-                delay = min(delay * 2, 2.0)
-                continue
-            self.metrics.camera_reconnects.inc()
-            self._reconnects_seen = getattr(self.source, "reconnects", 0) if isinstance(
-                getattr(self.source, "reconnects", None), int) else 0
-            self.log(f"camera {self.source.name} reconnected")
-            return True
-        return False
+        self.fatal = err if isinstance(err, EdgeADError) else EdgeADError(
+            f"reading {self.source.name} failed: {msg}", "check the file or folder")
+        self.request_stop("source error")
 
     # ------------------------------------------------------------ inference thread
 
@@ -458,7 +448,7 @@ class Loop:
             if len(scores) != len(todo) or len(maps) != len(todo):
                 raise RuntimeError(f"the engine returned {len(scores)} scores for {len(todo)} frames")
         except Exception as e:
-            msg = getattr(e, "message", None) or repr(e)
+            msg = _text(e)
             for p in todo:
                 self._safe(p, f"engine error: {msg}")
             return
@@ -472,7 +462,7 @@ class Loop:
                     raise ValueError(f"non-finite score {score}")
                 reject = bool(self.decide(score, amap, self.calibration))
             except Exception as e:
-                self._safe(p, f"decide error: {getattr(e, 'message', None) or e!r}", score=score, amap=amap)
+                self._safe(p, f"decide error: {_text(e)}", score=score, amap=amap)
                 continue
             t3 = time.monotonic()
             p.lat["decide"] = _ms(t3 - t2)
@@ -541,8 +531,8 @@ class Loop:
                 self.sinks.reject(ev)  # time-critical first: the reject gate (each sink picks what it wants)
             except Exception as e:
                 m.sink_errors.inc()
-                self.alarm(f"sink error: {getattr(e, 'message', None) or e!r}", key="sink_error")
-            if getattr(self.sinks, "should_stop", False):
+                self.alarm(f"sink error: {_text(e)}", key="sink_error")
+            if self.sinks.should_stop:
                 self.request_stop("reject output failed (on_sink_failure: stop)")
         m.parts.inc(decision=ev.decision)
         for stage, v in ev.latency_ms.items():

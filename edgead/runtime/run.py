@@ -5,8 +5,8 @@ and its files match the manifest; the calibration was made with this engine (fin
 is the engine's (see check_roi); the reject outputs are healthy (unless allow_degraded); the camera
 opens; the HTTP port is free. Then the loop (edgead.runtime.loop) runs until the source ends,
 --max-frames, SIGINT/SIGTERM, or a fault that stops it (a replay that cannot be read,
-`safe_action: stop`, `on_sink_failure: stop`). A live camera is wrapped in ReconnectingSource: while it
-is away the loop raises an alarm and keeps waiting for it. Shutdown finishes the parts in flight, flushes the
+`safe_action: stop`, `on_sink_failure: stop`). A live camera is read through ReconnectingSource (the loop's
+one reconnect path): while it is away the loop raises an alarm and keeps waiting for it. Shutdown finishes the parts in flight, flushes the
 event log, releases the camera and prints the summary.
 
 Edge path (ARCHITECTURE.md rule 2): numpy, OpenCV, PyYAML and a backend; never torch.
@@ -25,11 +25,14 @@ from typing import Any, Callable
 
 from edgead import __version__
 from edgead.errors import EdgeADError
+from edgead.backends.manifest import engine_preprocessing
 from edgead.preprocess import PreprocessSpec
-from edgead.protocols import FrameSource
+from edgead.protocols import Detector, FrameSource, RejectSink
 from edgead.runtime.config import RunConfig, parse_listen
 from edgead.runtime.loop import Loop, LoopOptions
+from edgead.runtime.recorder import Recorder
 from edgead.runtime.telemetry import RunMetrics
+from edgead.signals.group import SinkGroup
 
 EXIT_OK = 0
 EXIT_FAULT_STOP = 3   # the run ended itself because of a fault (safe_action: stop, on_sink_failure: stop)
@@ -90,29 +93,19 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def engine_preprocessing(engine: str | Path) -> PreprocessSpec:
-    """The preprocessing an engine folder was built with (its manifest, checked on reading)."""
-    from edgead.backends.manifest import read_manifest
-
-    return PreprocessSpec.from_dict(read_manifest(Path(engine))["preprocess"])
-
-
 def _build_source(cfg: RunConfig) -> FrameSource:
-    """The camera, not yet opened; a live one wrapped so that unplugging it is survived."""
-    from edgead.capture import ReconnectingSource, open_source
+    """The camera, not yet opened (the loop reads a live one through its reconnect path)."""
+    from edgead.capture import open_source
 
     assert cfg.camera.source is not None
-    source = open_source(cfg.camera.source, cfg.camera.settings or None, connect=False)
-    if getattr(source, "live", True) is not False and not _is_replay(cfg.camera.source):
-        source = ReconnectingSource(source)
-    return source
+    return open_source(cfg.camera.source, cfg.camera.settings or None, connect=False)
 
 
-def _open_outputs(cfg: RunConfig, alarm: Callable[[str, str], None], log: Log) -> Any:
+def _open_outputs(cfg: RunConfig, log: Log) -> SinkGroup | None:
     if not cfg.outputs:
         log("WARNING: no outputs configured: rejects are logged and counted but signal nothing")
         return None
-    from edgead.signals import SinkGroup, build_sinks, check_health
+    from edgead.signals import build_sinks, check_health
 
     sinks = build_sinks(cfg.outputs)
     try:
@@ -121,20 +114,8 @@ def _open_outputs(cfg: RunConfig, alarm: Callable[[str, str], None], log: Log) -
         for s in sinks:
             s.close()
         raise
-    return SinkGroup(sinks, on_sink_failure=cfg.on_sink_failure, on_alarm=alarm)
-
-
-def _alarm_outputs(sinks: Any) -> Callable[[str], None]:
-    """The loop's own alarms (safe actions, camera lost) also drive the outputs' alarm lines."""
-    def alarm(reason: str) -> None:
-        for sink in getattr(sinks, "sinks", []):
-            fn = getattr(sink, "alarm", None)
-            if fn is not None:
-                try:
-                    fn("edgead", reason)
-                except Exception:  # an alarm output failing is itself reported by the group
-                    pass
-    return alarm
+    return SinkGroup(sinks, on_sink_failure=cfg.on_sink_failure,
+                     on_alarm=lambda name, detail: log(f"ALARM: output {name}: {detail}"))
 
 
 def format_summary(s: dict[str, Any]) -> str:
@@ -184,14 +165,91 @@ class _Signals:
             signal.signal(sig, old)
 
 
-def run(cfg: RunConfig, *, force: bool = False, detector: Any = None, source: FrameSource | None = None,
-        sinks: Any = None, out: Log = print, log: Log = _stderr) -> dict[str, Any]:
+def _engine(cfg: RunConfig, detector: Detector | None, force: bool, log: Log,
+            warnings: list[str]) -> tuple[Detector, dict[str, Any], PreprocessSpec, int]:
+    """The detector, its calibration (fingerprint checked), the preprocessing (ROI rule) and the batch size."""
+    from edgead.decide.record import load_calibration
+
+    if detector is None:
+        from edgead.backends import load_detector
+
+        detector = load_detector(cfg.engine, cfg.backend, cfg.precision, cfg.threads)  # type: ignore[arg-type]
+    calibration = load_calibration(cfg.calibration, detector, force)  # type: ignore[arg-type]
+    if calibration.get("forced"):
+        warnings.append("calibration from another engine used because of --force")
+    spec, roi_warning = check_roi(engine_preprocessing(cfg.engine), cfg.roi)  # type: ignore[arg-type]
+    if roi_warning:
+        log(roi_warning)
+        warnings.append(roi_warning)
+    max_batch = cfg.max_batch or int(detector.max_batch)
+    if max_batch > int(detector.max_batch):
+        raise EdgeADError(f"max_batch {max_batch} exceeds the engine's maximum batch {detector.max_batch}",
+                          "lower max_batch, or rebuild the engine with `edgead build-engine --max-batch N`")
+    return detector, calibration, spec, max_batch
+
+
+def _http_view(cfg: RunConfig, spec: PreprocessSpec, vrange: tuple[float, float], metrics: RunMetrics,
+               health: Callable[[], dict[str, Any]], log: Log) -> tuple[Any, Any]:
+    """The live view and its server, bound before anything is written: a busy port fails the start cleanly."""
+    if not cfg.http.listen:
+        return None, None
+    from edgead.runtime.http import HttpView, LiveView
+
+    host, port = parse_listen(cfg.http.listen)
+    if not _is_loopback(host):
+        log(f"WARNING: the live view and metrics are served on {host}:{port}, reachable from other "
+            "machines (no authentication); use 127.0.0.1 unless that is intended")
+    live = LiveView(spec, vrange)
+    return live, HttpView(host, port, live, health, metrics.render, cfg.http.max_fps)
+
+
+def _loop_options(cfg: RunConfig, source: FrameSource, max_batch: int) -> LoopOptions:
+    if cfg.camera.live == "auto":  # a source says what it is; a file or folder path is a replay too
+        wait = not source.live or _is_replay(cfg.camera.source or "")
+    else:
+        wait = cfg.camera.live is False
+    return LoopOptions(trigger=cfg.trigger_mode, nth=cfg.nth, deadline_s=cfg.deadline_ms / 1000.0,
+                       max_batch=max_batch, safe_action=cfg.safe_action, wait_for_engine=wait,
+                       stall_alarm_s=cfg.camera.stall_alarm_s, max_frames=cfg.max_frames)
+
+
+def _run_info(cfg: RunConfig, detector: Detector, calibration: dict[str, Any], source: FrameSource,
+              spec: PreprocessSpec, opts: LoopOptions, warnings: list[str]) -> dict[str, Any]:
+    """What run.json records about this session: versions, engine, calibration, camera, settings."""
+    return {"edgead_version": __version__, "started": datetime.now(timezone.utc).isoformat(),
+            "engine": {"path": str(cfg.engine), "fingerprint": detector.fingerprint,
+                       "backend": detector.backend, "precision": detector.precision},
+            "calibration": {"path": str(cfg.calibration), "threshold": calibration.get("threshold"),
+                            "rule": calibration.get("rule"), "forced": bool(calibration.get("forced"))},
+            "camera": source.name, "preprocess": spec.to_dict(), "config": cfg.to_dict(),
+            "mode": "trigger" if opts.trigger else f"free-running, every {opts.nth} frame(s)",
+            "max_batch": opts.max_batch, "warnings": warnings}
+
+
+def _finish(loop: Loop, recorder: Recorder | None, run_info: dict[str, Any], warnings: list[str],
+            out: Log) -> dict[str, Any]:
+    summary = loop.summary()
+    summary["record_dir"] = str(recorder.dir) if recorder else None
+    summary["warnings"] = warnings
+    summary["exit_code"] = EXIT_FAULT_STOP if (loop.stopped_by or "").startswith(("safe action", "reject output")) \
+        else EXIT_OK
+    if recorder is not None:
+        recorder.close({**run_info, "summary": summary})
+    out(format_summary(summary))
+    if loop.fatal is not None:
+        raise loop.fatal
+    return summary
+
+
+def run(cfg: RunConfig, *, force: bool = False, detector: Detector | None = None,
+        source: FrameSource | None = None, sinks: RejectSink | None = None, out: Log = print,
+        log: Log = _stderr) -> dict[str, Any]:
     """Run the inspection loop to its end; returns the summary (with "exit_code").
 
     detector / source / sinks replace what the config would open (tests, embedding); a fatal fault
     (camera lost, preprocessing impossible) is raised as EdgeADError after the summary is printed.
     """
-    from edgead.decide.calibrate import decide, load_calibration
+    from edgead.decide.record import decide
 
     cfg.require()
     closers: list[Callable[[], None]] = []
@@ -199,47 +257,19 @@ def run(cfg: RunConfig, *, force: bool = False, detector: Any = None, source: Fr
     warnings: list[str] = []
     loop: Loop | None = None
     try:
-        if detector is None:
-            from edgead.backends import load_detector
-
-            detector = load_detector(cfg.engine, cfg.backend, cfg.precision, cfg.threads)  # type: ignore[arg-type]
-        calibration = load_calibration(cfg.calibration, detector, force)  # type: ignore[arg-type]
-        if calibration.get("forced"):
-            warnings.append("calibration from another engine used because of --force")
-        spec, roi_warning = check_roi(engine_preprocessing(cfg.engine), cfg.roi)  # type: ignore[arg-type]
-        if roi_warning:
-            log(roi_warning)
-            warnings.append(roi_warning)
-        max_batch = cfg.max_batch or int(detector.max_batch)
-        if max_batch > int(detector.max_batch):
-            raise EdgeADError(f"max_batch {max_batch} exceeds the engine's maximum batch {detector.max_batch}",
-                              "lower max_batch, or rebuild the engine with `edgead build-engine --max-batch N`")
-        alarm_box: list[Callable[..., None]] = []
-
-        def output_alarm(name: str, detail: str) -> None:
-            reason = f"output {name}: {detail}"
-            alarm_box[0](reason, key="output_failure", notify=False) if alarm_box else log(f"ALARM: {reason}")
-
-        if sinks is None:
-            sinks = _open_outputs(cfg, output_alarm, log)
-        if sinks is not None and hasattr(sinks, "close"):
-            closers.append(sinks.close)
+        detector, calibration, spec, max_batch = _engine(cfg, detector, force, log, warnings)
+        group = _open_outputs(cfg, log) if sinks is None else \
+            sinks if isinstance(sinks, SinkGroup) else SinkGroup([sinks])
+        if group is not None:
+            closers.append(group.close)
         if source is None:
             source = _build_source(cfg)
         source.open()
         closers.append(source.close)
         vrange = heat_range(calibration)
-        live = http = None
-        if cfg.http.listen:  # bound before anything is written: a busy port fails the start cleanly
-            from edgead.runtime.http import HttpView, LiveView
-
-            host, port = parse_listen(cfg.http.listen)
-            if not _is_loopback(host):
-                log(f"WARNING: the live view and metrics are served on {host}:{port}, reachable from other "
-                    "machines (no authentication); use 127.0.0.1 unless that is intended")
-            live = LiveView(spec, vrange)
-            http = HttpView(host, port, live, lambda: _health(loop, sinks) if loop else {"status": "starting"},
-                            metrics.render, cfg.http.max_fps)
+        live, http = _http_view(cfg, spec, vrange, metrics,
+                                lambda: _health(loop, group) if loop else {"status": "starting"}, log)
+        if http is not None:
             closers.append(http.stop)
         recorder = None
         if cfg.record.dir:
@@ -247,48 +277,27 @@ def run(cfg: RunConfig, *, force: bool = False, detector: Any = None, source: Fr
 
             recorder = Recorder(cfg.record, spec, vrange, metrics, log)
             closers.append(lambda: recorder.close({"summary": None, "error": "the run did not start or end cleanly"}))
-        if cfg.camera.live == "auto":  # a source may say what it is; else a file or folder is a replay
-            wait = getattr(source, "live", None) is False or _is_replay(cfg.camera.source or "")
-        else:
-            wait = cfg.camera.live is False
-        opts = LoopOptions(trigger=cfg.trigger_mode, nth=cfg.nth, deadline_s=cfg.deadline_ms / 1000.0,
-                           max_batch=max_batch, safe_action=cfg.safe_action, wait_for_engine=wait,
-                           stall_alarm_s=cfg.camera.stall_alarm_s, max_frames=cfg.max_frames)
-        loop = Loop(source, detector, calibration, spec, decide, opts, metrics, sinks, recorder, live, log,
-                    on_alarm=_alarm_outputs(sinks))
+        opts = _loop_options(cfg, source, max_batch)
+        loop = Loop(source=source, detector=detector, calibration=calibration, spec=spec, decide=decide,
+                    options=opts, metrics=metrics, sinks=group, recorder=recorder, live=live, log=log,
+                    on_alarm=None if group is None else lambda reason: group.raise_alarm("edgead", reason))
         loop.warnings.extend(warnings)
-        alarm_box.append(loop.alarm)
+        if group is not None:   # from now on an output failure is one of the loop's alarms
+            group.on_alarm = loop.output_failed
         if http is not None:
             http.start()
             log(f"live view on http://{http.address[0]}:{http.address[1]}/ (/health, /metrics)")
-        run_info = {"edgead_version": __version__, "started": datetime.now(timezone.utc).isoformat(),
-                    "engine": {"path": str(cfg.engine), "fingerprint": detector.fingerprint,
-                               "backend": detector.backend, "precision": detector.precision},
-                    "calibration": {"path": str(cfg.calibration), "threshold": calibration.get("threshold"),
-                                    "rule": calibration.get("rule"), "forced": bool(calibration.get("forced"))},
-                    "camera": source.name, "preprocess": spec.to_dict(), "config": cfg.to_dict(),
-                    "mode": "trigger" if opts.trigger else f"free-running, every {opts.nth} frame(s)",
-                    "max_batch": max_batch, "warnings": warnings}
+        run_info = _run_info(cfg, detector, calibration, source, spec, opts, warnings)
         if recorder is not None:
             recorder.start(run_info)
         log(f"inspecting {source.name} with {Path(str(cfg.engine)).name} ({detector.backend}/{detector.precision}), "
             f"{'trigger mode' if opts.trigger else f'every {opts.nth} frame(s)'}, deadline {cfg.deadline_ms:g} ms, "
             f"batch <= {max_batch}" + (f"; recording to {recorder.dir}" if recorder else ""))
-        if hasattr(sinks, "set_ready"):
-            sinks.set_ready(True)  # the 'ready' line: on while parts are inspected (close() turns it off)
+        if group is not None:
+            group.set_ready(True)  # the 'ready' line: on while parts are inspected (close() turns it off)
         with _Signals(loop.request_stop, log):
             loop.run()
-        summary = loop.summary()
-        summary["record_dir"] = str(recorder.dir) if recorder else None
-        summary["warnings"] = warnings
-        summary["exit_code"] = EXIT_FAULT_STOP if (loop.stopped_by or "").startswith(("safe action", "reject output")) \
-            else EXIT_OK
-        if recorder is not None:
-            recorder.close({**run_info, "summary": summary})
-        out(format_summary(summary))
-        if loop.fatal is not None:
-            raise loop.fatal
-        return summary
+        return _finish(loop, recorder, run_info, warnings, out)
     finally:
         for close in reversed(closers):
             try:
@@ -297,12 +306,12 @@ def run(cfg: RunConfig, *, force: bool = False, detector: Any = None, source: Fr
                 log(f"WARNING: closing failed: {e!r}")
 
 
-def _health(loop: Loop, sinks: Any) -> dict[str, Any]:
+def _health(loop: Loop, sinks: SinkGroup | None) -> dict[str, Any]:
     h = loop.health()
-    if sinks is not None and hasattr(sinks, "health"):
+    if sinks is not None:
         try:
             sh = sinks.health()
-            h["outputs"] = {"ok": bool(getattr(sh, "ok", sh)), "detail": getattr(sh, "detail", "")}
+            h["outputs"] = {"ok": bool(sh.ok), "detail": sh.detail}
         except Exception as e:
             h["outputs"] = {"ok": False, "detail": repr(e)}
         if not h["outputs"]["ok"] and h["status"] == "ok":

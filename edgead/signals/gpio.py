@@ -10,33 +10,20 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from edgead.errors import EdgeADError
 from edgead.protocols import InspectionEvent
 from edgead.signals.config import GpioConfig
-from edgead.signals.timing import Clock, TimedSink, Wait
-
-INSTALL_GPIOD = ('pip install "edgead[signals]" (installs gpiod>=2.1, the libgpiod v2 bindings; '
-                 "distribution packages named python3-libgpiod are v2 only on recent releases, e.g. Debian 13, Ubuntu 24.04)")
+from edgead.signals.gpiod_loader import import_gpiod
+from edgead.signals.scheduler import Clock, Wait
+from edgead.signals.timed import TimedSink
 
 
 class GpioBackend(Protocol):
     def set(self, pin: int, active: bool) -> None: ...
 
     def close(self) -> None: ...
-
-
-def import_gpiod() -> Any:
-    """The gpiod module (v2 API), or an EdgeADError saying how to install it."""
-    try:
-        import gpiod
-    except ImportError:
-        raise EdgeADError("gpio output: the gpiod Python module is not installed", INSTALL_GPIOD) from None
-    if not hasattr(gpiod, "request_lines"):
-        raise EdgeADError("gpio output: the installed gpiod module is the old libgpiod v1 binding",
-                          'remove it (e.g. apt remove python3-libgpiod) and pip install "gpiod>=2.1"')
-    return gpiod
 
 
 class GpiodBackend:
@@ -163,49 +150,3 @@ class GpioSink(TimedSink):
             with self._io:
                 self.backend.close()
             self.backend = None
-
-
-class GpiodEdgeCounter:
-    """Encoder source: counts edges on one input line through gpiod edge events, on its own thread.
-
-    `request` may be injected (tests): an object with wait_edge_events(timeout_s) -> bool,
-    read_edge_events() -> list and release().
-    """
-
-    def __init__(self, chip: str, line: int, edge: str = "rising", request: Any = None,
-                 on_error: Callable[[BaseException], None] | None = None) -> None:
-        if request is None:
-            gpiod = import_gpiod()
-            from gpiod.line import Direction, Edge
-
-            which = {"rising": Edge.RISING, "falling": Edge.FALLING, "both": Edge.BOTH}[edge]
-            settings = gpiod.LineSettings(direction=Direction.INPUT, edge_detection=which)
-            try:
-                request = gpiod.request_lines(chip, consumer="edgead-encoder", config={line: settings})
-            except (OSError, ValueError) as err:
-                raise EdgeADError(f"gpio encoder: cannot request line {line} on {chip}: {err}",
-                                  "check encoder.chip / encoder.line and that you are in the gpio group") from None
-        self._request = request
-        self._count = 0
-        self._stop = threading.Event()
-        self._on_error = on_error
-        self._thread = threading.Thread(target=self._run, name="edgead-gpio-encoder", daemon=True)
-        self._thread.start()
-
-    def read(self) -> int:
-        return self._count
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                if self._request.wait_edge_events(0.05):
-                    self._count += len(self._request.read_edge_events())
-            except Exception as err:
-                if self._on_error is not None:
-                    self._on_error(err)
-                self._stop.wait(0.2)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=2)
-        self._request.release()

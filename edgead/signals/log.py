@@ -13,9 +13,9 @@ from typing import Any, TextIO
 
 from edgead.io import json_line
 from edgead.protocols import InspectionEvent
-from edgead.signals import SinkBase
+from edgead.signals.base import SinkBase
 from edgead.signals.config import LogConfig
-from edgead.signals.timing import Worker
+from edgead.signals.worker import Worker
 
 
 def event_json(event: InspectionEvent, **extra: Any) -> str:

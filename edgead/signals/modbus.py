@@ -11,76 +11,12 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any
 
-from edgead.errors import EdgeADError
 from edgead.protocols import InspectionEvent
-from edgead.signals.config import EncoderConfig, ModbusConfig
-from edgead.signals.timing import Clock, TimedSink, Wait
-
-
-def _client_class() -> Any:
-    try:
-        from pymodbus.client import ModbusTcpClient
-    except ImportError:
-        raise EdgeADError("modbus output: pymodbus is not installed", 'pip install "edgead[signals]"') from None
-    return ModbusTcpClient
-
-
-class ModbusLink:
-    """One Modbus TCP connection: calls serialised (pymodbus clients are not thread-safe), reconnect with backoff."""
-
-    def __init__(self, host: str, port: int, unit: int, timeout_s: float,
-                 backoff_min_s: float = 0.5, backoff_max_s: float = 10.0) -> None:
-        self.host, self.port, self.unit = host, port, unit
-        self._client = _client_class()(host, port=port, timeout=timeout_s, retries=0)
-        self._lock = threading.Lock()
-        self._backoff_min, self._backoff_max = backoff_min_s, backoff_max_s
-        self._backoff = backoff_min_s
-        self._next_try = 0.0
-        self.last_error = ""
-
-    @property
-    def connected(self) -> bool:
-        return bool(self._client.connected)
-
-    def connect(self, force: bool = False) -> bool:
-        """Connect unless connected; between failures wait the backoff (doubling up to the max)."""
-        with self._lock:
-            if self._client.connected:
-                return True
-            now = time.monotonic()
-            if not force and now < self._next_try:
-                return False
-            if self._client.connect():
-                self._backoff = self._backoff_min
-                self.last_error = ""
-                return True
-            self._next_try = now + self._backoff
-            self._backoff = min(self._backoff * 2, self._backoff_max)
-            self.last_error = f"cannot connect to {self.host}:{self.port} (retrying every {self._backoff:.1f} s at most)"
-            return False
-
-    def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        """One request; ConnectionError when not connected or the connection broke, OSError when refused."""
-        from pymodbus.exceptions import ModbusException
-
-        with self._lock:
-            if not self._client.connected:
-                raise ConnectionError(f"not connected to {self.host}:{self.port} ({self.last_error or 'reconnecting'})")
-            try:
-                reply = getattr(self._client, method)(*args, device_id=self.unit, **kwargs)
-            except ModbusException as err:
-                self._client.close()
-                self.last_error = f"connection to {self.host}:{self.port} lost: {err}"
-                raise ConnectionError(self.last_error) from None
-            if reply.isError():
-                raise OSError(f"{self.host}:{self.port} unit {self.unit} refused {method}{args}: {reply}")
-            return reply
-
-    def close(self) -> None:
-        with self._lock:
-            self._client.close()
+from edgead.signals.config import ModbusConfig
+from edgead.signals.modbus_link import ModbusLink
+from edgead.signals.scheduler import Clock, Wait
+from edgead.signals.timed import TimedSink
 
 
 class ModbusSink(TimedSink):
@@ -162,27 +98,4 @@ class ModbusSink(TimedSink):
         self.close_timing()
         self._stop.set()
         self._thread.join(timeout=2)
-        self.link.close()
-
-
-class ModbusRegisterCounter:
-    """Encoder source: the belt position counter that the PLC keeps in a register (16 or 32 bit)."""
-
-    def __init__(self, cfg: EncoderConfig) -> None:
-        self.cfg = cfg
-        self.link = ModbusLink(cfg.host, cfg.port, cfg.unit, cfg.timeout_ms / 1000, 0.2, 5.0)
-        self.link.connect(force=True)
-
-    def read(self) -> int:
-        c = self.cfg
-        if not self.link.connect():
-            raise ConnectionError(self.link.last_error or f"not connected to {c.host}:{c.port}")
-        method = "read_input_registers" if c.input_register else "read_holding_registers"
-        words = self.link.call(method, int(c.register or 0), count=2 if c.bits == 32 else 1).registers
-        if c.bits == 16:
-            return int(words[0])
-        hi, lo = (words[0], words[1]) if c.word_order == "big" else (words[1], words[0])
-        return (int(hi) << 16) | int(lo)
-
-    def close(self) -> None:
         self.link.close()

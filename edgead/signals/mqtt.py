@@ -17,11 +17,11 @@ import time
 from typing import Any, NamedTuple
 
 from edgead.errors import EdgeADError
-from edgead.protocols import InspectionEvent
-from edgead.signals import SinkBase
+from edgead.protocols import InspectionEvent, SinkHealth
+from edgead.signals.base import SinkBase
 from edgead.signals.config import MqttConfig, render_template, resolve_secret
 from edgead.signals.log import event_json, utc_now
-from edgead.signals.timing import Worker
+from edgead.signals.worker import Worker
 
 
 def _paho() -> Any:
@@ -89,7 +89,7 @@ class MqttSink(SinkBase):
         self.client = c
         self.outbox: Worker[Message] = Worker(self._deliver, maxlen=cfg.outbox, name=f"{cfg.name}-outbox",
                                               on_error=self._on_error, on_drop=self._on_drop)
-        self._health = type(self._health)(False, f"connecting to broker {self.target}")
+        self._health = SinkHealth(False, f"connecting to broker {self.target}")
         c.connect_async(cfg.host, cfg.port, keepalive=cfg.keepalive_s)
         c.loop_start()
 

@@ -15,7 +15,8 @@ from typing import Any
 from edgead.errors import EdgeADError
 from edgead.protocols import InspectionEvent
 from edgead.signals.config import SerialConfig, render_template
-from edgead.signals.timing import Clock, TimedSink, Wait
+from edgead.signals.scheduler import Clock, Wait
+from edgead.signals.timed import TimedSink
 
 REOPEN_S = 1.0
 

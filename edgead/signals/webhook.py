@@ -15,10 +15,10 @@ import urllib.parse
 import urllib.request
 
 from edgead.protocols import InspectionEvent
-from edgead.signals import SinkBase
+from edgead.signals.base import SinkBase
 from edgead.signals.config import WebhookConfig, resolve_secret
 from edgead.signals.log import event_json, utc_now
-from edgead.signals.timing import Worker
+from edgead.signals.worker import Worker
 
 RETRYABLE_HTTP = (408, 429)
 

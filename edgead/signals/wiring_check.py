@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Callable
 
 from edgead.errors import EdgeADError
-from edgead.signals import build_sink, check_health
 from edgead.signals.config import load_outputs
+from edgead.signals.factory import build_sink, check_health
 
 
 def signals_test(config_path: str | Path, out: Callable[[str], None] = print, connect_timeout_s: float = 3.0) -> int:
@@ -34,12 +34,12 @@ def signals_test(config_path: str | Path, out: Callable[[str], None] = print, co
             continue
         try:
             check_health([sink], allow_degraded=True, timeout_s=connect_timeout_s, warn=lambda s: None)
-            detail = sink.fire_test()  # type: ignore[attr-defined]
+            detail = sink.fire_test()
             out(f"OK      {label}  {detail}")
         except Exception as err:
             failed += 1
             reason = err.message if isinstance(err, EdgeADError) else str(err) or type(err).__name__
-            out(f"FAILED  {label}  {getattr(sink, 'target', '')}: {reason}")
+            out(f"FAILED  {label}  {sink.target}: {reason}")
         finally:
             try:
                 sink.close()

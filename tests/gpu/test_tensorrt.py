@@ -28,8 +28,8 @@ def engine_folder(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) ->
     import tensorrt as trt
 
     from edgead.backends.manifest import FORMAT, write_manifest
-    from edgead.backends.tensorrt import build_engines
     from edgead.export.onnx import export_onnx
+    from edgead.export.tensorrt_build import build_engines
     from edgead.model.artifact import load_model
 
     model, _ = load_model(tiny_model)
@@ -193,7 +193,7 @@ def test_build_engine_on_the_device_from_an_exported_folder(tiny_model: Path, tm
     `build-engine --engine` on the device; the TensorRT engine agrees with ONNX Runtime's FP32 graph."""
     import edgead.export.build as be
     from edgead.backends import load_detector
-    from edgead.export.rebuild import rebuild_tensorrt
+    from edgead.export.build import rebuild_tensorrt
 
     out = tmp_path / "exported"
     be.build_engine(tiny_model, out, backend="onnxruntime", max_batch=MAX_BATCH, log=lambda s: None)

@@ -1,0 +1,95 @@
+"""Scoring image files through a detector, as calibration and the drift check both do.
+
+Images are read, preprocessed with the engine's own preprocessing and scored in chunks, so maps
+never pile up in memory; with the area rule each image also gets its area score.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from edgead.protocols import Detector
+from edgead.backends.manifest import preprocess_spec, read_manifest
+from edgead.data.images import read_image
+from edgead.decide import thresholds as T
+from edgead.decide.text import Log, stderr
+from edgead.errors import EdgeADError
+from edgead.preprocess import PreprocessSpec, preprocess
+
+CHUNK = 32  # images preprocessed and scored at a time
+
+
+@dataclass
+class Scored:
+    """Image scores (and area scores when the area rule is on) of the images that could be read."""
+
+    scores: np.ndarray
+    area_scores: np.ndarray | None
+    paths: list[Path]
+    bad: list[Path] = field(default_factory=list)
+    sizes: set[tuple[int, int]] = field(default_factory=set)  # source (height, width) after the ROI
+
+    @property
+    def decision(self) -> np.ndarray:
+        return self.scores if self.area_scores is None else self.area_scores
+
+
+def source_hw(image: np.ndarray, spec: PreprocessSpec) -> tuple[int, int]:
+    """(height, width) of the part of a source image the model sees: the ROI, else the whole image."""
+    if spec.roi is not None:
+        return spec.roi[3], spec.roi[2]
+    return int(image.shape[0]), int(image.shape[1])
+
+
+def score_images(detector: Detector, spec: PreprocessSpec, paths: Sequence[Path], min_area_px: int | None = None,
+                 skip_bad: bool = False, warn: Log = stderr) -> Scored:
+    """Read, preprocess and score images in chunks; unreadable ones raise, or are skipped with skip_bad."""
+    scores: list[np.ndarray] = []
+    areas: list[np.ndarray] = []
+    out = Scored(np.empty(0), None, [])
+    batch: list[np.ndarray] = []
+
+    def flush() -> None:
+        s, maps = detector.infer(np.stack(batch))
+        scores.append(np.asarray(s, np.float64).reshape(-1))
+        if min_area_px is not None:
+            areas.append(T.area_scores(maps, min_area_px))
+        batch.clear()
+
+    for p in paths:
+        try:
+            image = read_image(p)
+            hw = source_hw(image, spec)
+            x = preprocess(image, spec)
+        except EdgeADError as e:
+            if not skip_bad:
+                msg = e.message if str(p) in e.message else f"{p}: {e.message}"
+                raise EdgeADError(msg, "fix or remove it, or pass --skip-bad") from e
+            warn(f"WARNING: skipping {p}: {e.message}")
+            out.bad.append(Path(p))
+            continue
+        out.sizes.add(hw)
+        out.paths.append(Path(p))
+        batch.append(x)
+        if len(batch) == CHUNK:
+            flush()
+    if batch:
+        flush()
+    out.scores = np.concatenate(scores) if scores else np.empty(0)
+    out.area_scores = (np.concatenate(areas) if areas else np.empty(0)) if min_area_px is not None else None
+    if not np.isfinite(out.decision).all():
+        raise EdgeADError("the engine returned NaN or inf scores", "rebuild the engine; if it persists, retrain")
+    return out
+
+
+def engine_info(engine_dir: str | Path, detector: Detector) -> tuple[PreprocessSpec, dict[str, Any]]:
+    """The engine's preprocessing and what the record says about the engine."""
+    manifest = read_manifest(Path(engine_dir))
+    info = {"path": str(Path(engine_dir).resolve()), "name": Path(engine_dir).resolve().name,
+            "fingerprint": detector.fingerprint, "backend": detector.backend, "precision": detector.precision,
+            "map_size": [int(v) for v in manifest["map_size"]]}
+    return preprocess_spec(manifest), info
