@@ -121,7 +121,7 @@ def build(cls: type, data: Any, place: Place) -> Any:
     Fields left out keep their defaults; nested dataclass fields are built from nested mappings.
     Range and cross-field rules stay with each config (its `validate()`), written with the helpers below.
     """
-    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    names = [f.name for f in dataclasses.fields(cls) if f.init and f.metadata.get("yaml", True)]
     data = known_keys({} if data is None else data, names, place)
     hints = get_type_hints(cls)
     return cls(**{key: _convert(value, hints[key], place, key) for key, value in data.items()})
@@ -133,6 +133,14 @@ def at_least(place: Place, name: str, value: Any, minimum: float, optional: bool
         return
     if not is_number(value) or value < minimum:
         raise place.bad(name, value, f"a number >= {minimum:g}" + (" or null" if optional else ""))
+
+
+def positive(place: Place, name: str, value: Any, optional: bool = False) -> None:
+    """A number above zero; None passes when optional."""
+    if value is None and optional:
+        return
+    if not is_number(value) or value <= 0:
+        raise place.bad(name, value, "a positive number" + (" or null" if optional else ""))
 
 
 def in_range(place: Place, name: str, value: Any, low: float, high: float) -> None:

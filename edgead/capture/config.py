@@ -24,20 +24,25 @@ so a format is accepted here only when its buffers can be turned into images.
 from __future__ import annotations
 
 import logging
-import math
-from dataclasses import dataclass, field, fields
-from typing import Any, Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 from edgead.capture.pixels import PIXEL_FORMATS
 from edgead.errors import EdgeADError
+from edgead.schema import Place, at_least, build, in_range, is_int, mapping, need, one_of, positive
 
 log = logging.getLogger(__name__)
 
 TRIGGERS = ("off", "software", "hardware")
+LIVE = ("auto", True, False)
+RUN_KEYS = frozenset({"source", "live", "stall_alarm_s"})   # the run loop's keys; the rest set up the camera
 
 
 @dataclass(frozen=True)
 class CameraConfig:
+    source: str | None = None          # run loop: the camera spec (edgead.capture.spec.open_source)
+    live: str | bool = "auto"          # run loop: auto (a file or folder is a replay) | true | false
+    stall_alarm_s: float = 0.0         # run loop: alarm when no frame arrives for this long (0: off)
     exposure_us: float | None = None
     gain_db: float | None = None
     pixel_format: str | None = None
@@ -49,37 +54,54 @@ class CameraConfig:
     buffers: int = 4
     loop: bool = False
     skip_bad: bool = False
-    given: frozenset[str] = field(default=frozenset(), compare=False, repr=False)   # keys set in the YAML
+    # the keys the YAML set (not a YAML key itself)
+    given: frozenset[str] = field(default=frozenset(), compare=False, repr=False, metadata={"yaml": False})
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any] | None) -> CameraConfig:
-        """Parse the `camera:` mapping; None or {} gives the defaults."""
+    def from_dict(cls, data: dict[str, Any] | CameraConfig | None, prefix: str = "config") -> CameraConfig:
+        """Parse the `camera:` mapping; None or {} gives the defaults. `prefix` names the file in errors."""
         if data is None:
             return cls()
         if isinstance(data, CameraConfig):
             return data
-        if not isinstance(data, dict):
-            raise EdgeADError(f"config: 'camera' must be a mapping, got {type(data).__name__}",
-                              "write it as `camera:` followed by indented `key: value` lines")
-        allowed = {f.name for f in fields(cls)} - {"given"}
-        for key in data:
-            if key not in allowed:
-                raise EdgeADError(f"config: unknown key 'camera.{key}'",
-                                  f"allowed keys in 'camera': {', '.join(sorted(allowed))}")
-        values = dict(data)
+        place = Place(prefix, "camera")
+        values = dict(mapping(data, place, "write it as `camera:` followed by indented `key: value` lines"))
         if values.get("trigger") is False:       # YAML 1.1 reads a bare `off` as false
             values["trigger"] = "off"
-        defaults = cls()
-        for key, check in _CHECKS.items():
-            if key not in values:
-                continue
-            if values[key] is None and getattr(defaults, key) is None:
-                continue                          # `exposure_us: null` = leave the camera's own value
-            values[key] = check(key, values[key])
-        if "trigger_source" in data and values.get("trigger", "off") != "hardware":
-            raise EdgeADError("config: 'camera.trigger_source' is set but 'camera.trigger' is not hardware",
-                              "set `trigger: hardware`, or remove trigger_source")
-        return cls(**values, given=frozenset(data))
+        if is_int(values.get("source")):
+            values["source"] = str(values["source"])   # `source: 0` is the device index
+        config: CameraConfig = build(cls, values, place)
+        config = replace(config, given=frozenset(data), trigger_source=config.trigger_source.strip())
+        config.validate(place)
+        return config
+
+    def validate(self, place: Place) -> None:
+        """Ranges and cross-key rules (types were checked when it was built)."""
+        one_of(place, "live", self.live, LIVE, "expected auto, true or false")
+        at_least(place, "stall_alarm_s", self.stall_alarm_s, 0)
+        for key in ("exposure_us", "frame_rate"):
+            positive(place, key, getattr(self, key), optional=True)
+        if self.pixel_format is not None:
+            one_of(place, "pixel_format", self.pixel_format, tuple(PIXEL_FORMATS), f"expected one of: {', '.join(PIXEL_FORMATS)}")
+        one_of(place, "trigger", self.trigger, TRIGGERS, f"expected one of: {', '.join(TRIGGERS)}")
+        if not self.trigger_source.strip():
+            raise place.bad("trigger_source", self.trigger_source, "a name, like Line0")
+        if self.packet_size is not None:
+            in_range(place, "packet_size", self.packet_size, 576, 65535)
+        in_range(place, "timeout_ms", self.timeout_ms, 1, 600_000)
+        in_range(place, "buffers", self.buffers, 1, 256)
+        need(place, "trigger_source" not in self.given or self.trigger == "hardware",
+             "'camera.trigger_source' is set but 'camera.trigger' is not hardware",
+             "set `trigger: hardware`, or remove trigger_source")
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The camera settings the YAML set (not the run loop's keys), as parsed."""
+        return {k: getattr(self, k) for k in sorted(self.given - RUN_KEYS)}
+
+    def to_dict(self) -> dict[str, Any]:
+        """As written in run.json: the run loop's keys, then the settings the YAML gave."""
+        return {"source": self.source, "live": self.live, "stall_alarm_s": self.stall_alarm_s, **self.settings}
 
     def check_supported(self, source: str, supported: set[str], live: bool) -> None:
         """Refuse settings this source cannot apply (live cameras), or log that they are ignored (files).
@@ -87,7 +109,7 @@ class CameraConfig:
         A live camera that silently ignored `exposure_us` would inspect under the wrong light; a video
         file or image folder replaying a recording has no exposure to set, so there it is only noted.
         """
-        unsupported = sorted(self.given - supported)
+        unsupported = sorted(self.given - supported - RUN_KEYS)
         if not unsupported:
             return
         keys = ", ".join(f"camera.{k}" for k in unsupported)
@@ -96,58 +118,3 @@ class CameraConfig:
                               f"this kind of source supports: {', '.join(sorted(supported)) or 'no camera settings'}; "
                               "remove the key, or set it with the camera's own tool")
         log.info("%s: %s ignored (recorded frames)", source, keys)
-
-
-def _number(positive: bool) -> Callable[[str, Any], float]:
-    def check(key: str, value: Any) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-                or (positive and value <= 0):
-            raise EdgeADError(f"config: 'camera.{key}' has a bad value {value!r}",
-                              f"expected a {'positive ' if positive else ''}number")
-        return float(value)
-    return check
-
-
-def _integer(low: int, high: int) -> Callable[[str, Any], int]:
-    def check(key: str, value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise EdgeADError(f"config: 'camera.{key}' has a bad value {value!r}",
-                              f"expected a whole number from {low} to {high}")
-        return value
-    return check
-
-
-def _choice(options: tuple[str, ...]) -> Callable[[str, Any], str]:
-    def check(key: str, value: Any) -> str:
-        if value not in options:
-            raise EdgeADError(f"config: 'camera.{key}' has a bad value {value!r}",
-                              f"expected one of: {', '.join(options)}")
-        return str(value)
-    return check
-
-
-def _text(key: str, value: Any) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise EdgeADError(f"config: 'camera.{key}' has a bad value {value!r}", "expected a name, like Line0")
-    return value.strip()
-
-
-def _flag(key: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise EdgeADError(f"config: 'camera.{key}' has a bad value {value!r}", "expected true or false")
-    return value
-
-
-_CHECKS: dict[str, Callable[[str, Any], Any]] = {
-    "exposure_us": _number(positive=True),
-    "gain_db": _number(positive=False),
-    "pixel_format": _choice(tuple(PIXEL_FORMATS)),
-    "trigger": _choice(TRIGGERS),
-    "trigger_source": _text,
-    "packet_size": _integer(576, 65535),
-    "frame_rate": _number(positive=True),
-    "timeout_ms": _integer(1, 600_000),
-    "buffers": _integer(1, 256),
-    "loop": _flag,
-    "skip_bad": _flag,
-}

@@ -31,7 +31,8 @@ SPEC_HELP = ("use a device index like 0, a video file, a folder of images, rtsp:
 _URL_SCHEMES = ("rtsp", "rtsps", "http", "https")
 
 
-def open_source(spec: str, camera_config: dict[str, Any] | None = None, *, connect: bool = True) -> FrameSource:
+def open_source(spec: str, camera_config: dict[str, Any] | CameraConfig | None = None, *,
+                connect: bool = True) -> FrameSource:
     """Build the FrameSource a spec string names, configured by the `camera:` YAML section, and open it.
 
     Opening here makes a wrong id, path or setting fail at start with its EdgeADError, before any

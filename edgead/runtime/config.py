@@ -14,7 +14,7 @@ to the default is exactly the failure an inspection station cannot afford.
       source: gige:Fake_1             # 0 | file | url | gst:... | folder | gige:ID | genicam:CTI[:SERIAL]
       live: auto                      # auto (a file or folder is a replay: the loop waits for it) | true | false
       stall_alarm_s: 0                # alarm when no frame arrives for this long (0: off; trigger lines idle)
-      exposure_us: 800                # every other key is the capture module's (edgead.capture.config):
+      exposure_us: 800                # every other key sets up the camera (edgead.capture.config):
       frame_rate: 30                  #   exposure_us, gain_db, pixel_format, trigger, frame_rate, loop, ...
     roi: null                         # [x, y, w, h]: must equal the engine's (see edgead.runtime.run.check_roi)
     trigger: true                     # each frame is one part; or
@@ -47,49 +47,13 @@ from pathlib import Path
 from typing import Any
 
 from edgead.backends.manifest import BACKENDS, PRECISIONS
+from edgead.capture.config import CameraConfig
 from edgead.errors import EdgeADError
-from edgead.schema import Place, at_least, build, is_int, known_keys, mapping, one_of, read_yaml
+from edgead.schema import Place, at_least, build, is_int, known_keys, one_of, read_yaml
 
 SAFE_ACTIONS = ("reject", "stop")
 SINK_FAILURE = ("alarm", "stop")
-LIVE = ("auto", True, False)
 RUN = Place("run config")
-
-
-@dataclass
-class CameraConfig:
-    """`source`, `live` and `stall_alarm_s` are the run loop's; every other key goes to edgead.capture."""
-
-    source: str | None = None
-    live: Any = "auto"
-    stall_alarm_s: float = 0.0
-    settings: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def from_run_section(cls, value: dict[str, Any]) -> "CameraConfig":
-        mine = {"source", "live", "stall_alarm_s"}
-        data = {k: v for k, v in mapping(value, RUN.child("camera")).items() if k in mine}
-        if is_int(data.get("source")):
-            data["source"] = str(data["source"])  # `source: 0` is the device index
-        return cls(**data, settings={k: v for k, v in value.items() if k not in mine})
-
-    def validate(self) -> None:
-        place = RUN.child("camera")
-        if self.source is not None and not isinstance(self.source, str):
-            raise place.bad("source", self.source, "text or null")
-        one_of(place, "live", self.live, LIVE, "expected auto, true or false")
-        at_least(place, "stall_alarm_s", self.stall_alarm_s, 0)
-        from edgead.capture.config import CameraConfig as CaptureConfig
-
-        try:
-            CaptureConfig.from_dict(self.settings)  # the capture module names its own bad keys
-        except EdgeADError as e:
-            if "allowed keys" in e.hint:
-                e.hint = e.hint.replace(": ", ": live, source, stall_alarm_s (the run loop's); ", 1)
-            raise
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"source": self.source, "live": self.live, "stall_alarm_s": self.stall_alarm_s, **self.settings}
 
 
 @dataclass
@@ -157,7 +121,6 @@ class RunConfig:
         one_of(RUN, "precision", self.precision, (None, *PRECISIONS), f"expected null, {' or '.join(PRECISIONS)}")
         for key in ("threads", "every_nth", "max_batch", "max_frames"):
             at_least(RUN, key, getattr(self, key), 1, optional=True)
-        self.camera.validate()
         if self.roi is not None:
             x, y, w, h = self.roi
             if x < 0 or y < 0 or w < 1 or h < 1:
@@ -216,7 +179,7 @@ def from_dict(data: dict[str, Any]) -> RunConfig:
     data = dict(known_keys(data, _TOP_KEYS, RUN))
     for name in _SHORTHAND:
         data[name] = _expand(name, data.get(name))
-    data["camera"] = CameraConfig.from_run_section(data["camera"])
+    data["camera"] = CameraConfig.from_dict(data["camera"], prefix="run config")
     if data.get("outputs") is None:
         data["outputs"] = []
     cfg: RunConfig = build(RunConfig, data, RUN)

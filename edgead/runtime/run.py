@@ -98,7 +98,7 @@ def _build_source(cfg: RunConfig) -> FrameSource:
     from edgead.capture import open_source
 
     assert cfg.camera.source is not None
-    return open_source(cfg.camera.source, cfg.camera.settings or None, connect=False)
+    return open_source(cfg.camera.source, cfg.camera, connect=False)
 
 
 def _open_outputs(cfg: RunConfig, log: Log) -> SinkGroup | None:
