@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from edgead.capture.config import CameraConfig
 from edgead.capture.frames import FrameIds, make_frame
@@ -54,13 +54,11 @@ class GenICamSource:
     live: bool = True
     finished: bool = False          # a live camera never ends
 
-    def __init__(self, cti: str | Path, serial: str | None = None, *, config: CameraConfig | None = None,
-                 on_missed_trigger: Callable[[int, int], None] | None = None) -> None:
+    def __init__(self, cti: str | Path, serial: str | None = None, *, config: CameraConfig | None = None) -> None:
         self.cti = Path(cti).expanduser()
         self.serial = serial
         self.config = config or CameraConfig()
         self.name: str = f"genicam:{self.cti.name}:{serial}" if serial else f"genicam:{self.cti.name}"
-        self.on_missed_trigger = on_missed_trigger
         self.frames = 0
         self.frames_dropped = 0
         self.missed_triggers = 0
@@ -217,8 +215,6 @@ class GenICamSource:
                 self.missed_triggers += missing
                 log.error("%s: %d missed trigger(s) before seq %d: parts passed uninspected",
                           self.name, missing, seq)
-                if self.on_missed_trigger is not None:
-                    self.on_missed_trigger(missing, seq)
             else:
                 self.frames_dropped += missing
         if image is None:

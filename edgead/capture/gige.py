@@ -8,8 +8,8 @@ is sent; a name needs Aravis's discovery (a broadcast on every network interface
 
 seq is the camera's frame id (unwrapped past 65535), t_capture the host time the buffer arrived
 (turned into time.monotonic()), meta has the camera's own timestamp. With trigger: hardware a gap in
-frame ids or an incomplete buffer is a part that was not inspected: `missed_triggers` counts them
-and `on_missed_trigger(count, seq)` is called (the alarm hook). A camera that ignores a trigger
+frame ids or an incomplete buffer is a part that was not inspected: `missed_triggers` counts them,
+and the seq jump makes the run loop give each one the safe action. A camera that ignores a trigger
 while busy (trigger overrun) makes no frame id; only the camera's own counters show that.
 """
 
@@ -101,12 +101,10 @@ class GigESource:
     finished: bool = False          # a live camera never ends
 
     def __init__(self, camera_id: str = "", *, config: CameraConfig | None = None,
-                 on_missed_trigger: Callable[[int, int], None] | None = None,
                  probe_interval_s: float = 1.0) -> None:
         self.camera_id = camera_id.strip()
         self.config = config or CameraConfig()
         self.name: str = f"gige:{self.camera_id}"
-        self.on_missed_trigger = on_missed_trigger
         self.probe_interval_s = probe_interval_s
         self.frames = 0
         self.frames_dropped = 0          # frame ids that never arrived (free-running / software trigger)
@@ -368,8 +366,6 @@ class GigESource:
         if self.config.trigger == "hardware":
             self.missed_triggers += count
             log.error("%s: %d missed trigger(s) before seq %d: parts passed uninspected", self.name, count, seq)
-            if self.on_missed_trigger is not None:
-                self.on_missed_trigger(count, seq)
         else:
             self.frames_dropped += count
             log.warning("%s: %d frame(s) lost before seq %d", self.name, count, seq)
