@@ -262,20 +262,21 @@ class GigESource:
                 if not camera.is_gv_device():
                     raise refuse("packet_size", cfg.packet_size, "not a GigE Vision camera", "remove the key")
                 camera.gv_set_packet_size(cfg.packet_size)
-            if cfg.exposure_us is not None:
-                if not camera.is_exposure_time_available():
-                    raise refuse("exposure_us", cfg.exposure_us, "the camera has no exposure time", "remove the key")
-                in_bounds("exposure_us", cfg.exposure_us, camera.get_exposure_time_bounds())
-                if camera.is_exposure_auto_available():
-                    camera.set_exposure_time_auto(aravis.Auto.OFF)
-                camera.set_exposure_time(cfg.exposure_us)
-            if cfg.gain_db is not None:
-                if not camera.is_gain_available():
-                    raise refuse("gain_db", cfg.gain_db, "the camera has no gain", "remove the key")
-                in_bounds("gain_db", cfg.gain_db, camera.get_gain_bounds())
-                if camera.is_gain_auto_available():
-                    camera.set_gain_auto(aravis.Auto.OFF)
-                camera.set_gain(cfg.gain_db)
+            # exposure and gain: the same steps, each with its own Aravis calls
+            for key, value, missing, available, bounds, auto_available, set_auto, set_value in (
+                    ("exposure_us", cfg.exposure_us, "no exposure time", camera.is_exposure_time_available,
+                     camera.get_exposure_time_bounds, camera.is_exposure_auto_available,
+                     camera.set_exposure_time_auto, camera.set_exposure_time),
+                    ("gain_db", cfg.gain_db, "no gain", camera.is_gain_available, camera.get_gain_bounds,
+                     camera.is_gain_auto_available, camera.set_gain_auto, camera.set_gain)):
+                if value is None:
+                    continue
+                if not available():
+                    raise refuse(key, value, f"the camera has {missing}", "remove the key")
+                in_bounds(key, value, bounds())
+                if auto_available():
+                    set_auto(aravis.Auto.OFF)
+                set_value(value)
             if cfg.frame_rate is not None:
                 if not camera.is_frame_rate_available():
                     raise refuse("frame_rate", cfg.frame_rate, "the camera has no frame rate control", "remove the key")

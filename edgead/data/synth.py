@@ -11,7 +11,8 @@ bit-identical to the defect-free render of the same image.
 
 Everything is drawn from numpy Generators seeded by (seed, category, split,
 defect type, index), so a seed reproduces the same PNG bytes, and changing one
-count does not change the other images. Edge path: numpy + OpenCV only.
+count does not change the other images. Edge path: numpy + OpenCV only; the brick photo
+comes from scikit-image (the train extra), imported only when a brick is rendered.
 """
 
 from __future__ import annotations

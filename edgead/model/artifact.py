@@ -1,6 +1,6 @@
 """The model artifact `models/<name>/`: config.yaml, students.pt, metadata.json.
 
-Teachers are not stored: they are public ImageNet weights, resolved by `model.weights` and
+Teachers are not stored: they are public ImageNet weights, resolved by `edgead.model.weights` and
 recorded by sha256 in the metadata so a different file is noticed.
 """
 

@@ -21,10 +21,12 @@ from edgead.model.weights import known_checkpoint, load_pretrained, load_state_d
 
 _PROBE_SIZE = 64  # divisible by the largest stride (32), small enough to be instant
 
+Backbone = resnet.ResNet | effnet.EfficientNet  # each yields (stage name, output) from forward_stages
+
 
 @dataclass(frozen=True)
 class _Arch:
-    build: Callable[[str | None], nn.Module]
+    build: Callable[[str | None], Backbone]
     stages: tuple[str, ...]
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
@@ -32,7 +34,7 @@ class _Arch:
 
 def _effnet(name: str) -> _Arch:
     cfg = effnet.CONFIGS[name]
-    def build(stop_at: str | None) -> nn.Module:
+    def build(stop_at: str | None) -> Backbone:
         return effnet.EfficientNet(cfg, stop_at=stop_at)
 
     return _Arch(build, effnet.EFFICIENTNET_STAGES, cfg.mean, cfg.std)
@@ -48,11 +50,6 @@ ARCHS: dict[str, _Arch] = {
 def available_archs() -> list[str]:
     """Architecture names accepted by `build_feature_extractor`."""
     return list(ARCHS)
-
-
-def available_layers(arch: str) -> list[str]:
-    """Layer names that can be requested from `arch`, shallow to deep."""
-    return list(_arch(arch).stages)
 
 
 def _arch(arch: str) -> _Arch:
@@ -73,14 +70,14 @@ class FeatureExtractor(nn.Module):
     def __init__(
         self,
         arch: str,
-        backbone: nn.Module,
+        backbone: Backbone,
         layers: Sequence[str],
         mean: tuple[float, float, float],
         std: tuple[float, float, float],
     ) -> None:
         super().__init__()
         self.arch = arch
-        self.backbone = backbone
+        self.backbone: Backbone = backbone
         self.layers: list[str] = list(layers)
         self.input_mean = mean
         self.input_std = std
@@ -94,7 +91,7 @@ class FeatureExtractor(nn.Module):
         """The named stages' outputs of one pass, stopping after the last one needed."""
         wanted = set(names)
         found: dict[str, Tensor] = {}
-        for name, out in self.backbone.forward_stages(x):  # type: ignore[operator]
+        for name, out in self.backbone.forward_stages(x):
             if name in wanted:
                 found[name] = out
                 if len(found) == len(wanted):
@@ -150,7 +147,7 @@ def build_feature_extractor(
     return FeatureExtractor(arch, backbone, layers, spec.mean, spec.std)
 
 
-def _load_weights(arch: str, backbone: nn.Module, weights: str | os.PathLike[str]) -> None:
+def _load_weights(arch: str, backbone: Backbone, weights: str | os.PathLike[str]) -> None:
     if weights == "imagenet":
         scheme = known_checkpoint(arch).scheme
         state = load_pretrained(arch)

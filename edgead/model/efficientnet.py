@@ -131,8 +131,8 @@ class SameConv2d(nn.Conv2d):
 
     The pad is computed from the input size at run time; an ONNX export freezes it
     to plain numbers for the export's input size (fixed per model anyway): a constant
-    Pad is folded into the Conv by the runtimes, a shape-computed one is not (it cost
-    ONNX Runtime a Shape/Gather/Concat chain and a separate Pad per strided conv).
+    Pad is folded into the Conv by the runtimes, a shape-computed one is not (ONNX
+    Runtime would run a Shape/Gather/Concat chain and a separate Pad per strided conv).
     """
 
     def forward(self, x: Tensor) -> Tensor:

@@ -51,10 +51,11 @@ class ScoringHead(nn.Module):
     """Teacher and student features -> (anomaly map N x 1 x H x W, image score N).
 
     Per pair: discrepancy per layer, upsampled to the output size, averaged over layers, then
-    normalised with statistics of held-out good images (stored in the buffers). The two pair maps
-    are fused (multiplicative as in the reference, or additive), blurred with a Gaussian per image
-    (separable, reflect padding), and the image score is the map's maximum. Written with plain
-    tensor ops so it exports to ONNX and stays in FP32 where FP16 would underflow.
+    normalised with statistics of held-out good images (stored in the buffers). The pair maps are
+    fused (`fusion`: "multiplicative" as in the reference, "additive" or "max"; see `fuse`),
+    optionally z-scored per position, blurred with a Gaussian per image (separable, reflect
+    padding), and the image score is the map's maximum. Written with plain tensor ops so it
+    exports to ONNX and stays in FP32 where FP16 would underflow.
     """
 
     def __init__(self, out_hw: tuple[int, int], fusion: str, blur_sigma: float, n_pairs: int = 2,
@@ -184,6 +185,7 @@ class DualKD(nn.Module):
         self.pairs = nn.ModuleList(Pair(spec, teacher_weights, cfg.input.mean, cfg.input.std) for spec in cfg.pairs)
         self.head = ScoringHead((cfg.input.height, cfg.input.width), cfg.fusion, cfg.blur_sigma, len(cfg.pairs),
                                 cfg.position_norm)
+        self._teacher_groups: list[list[int]] | None = None   # filled by the first teacher_groups()
 
     def teacher_features(self, x: Tensor) -> Features:
         """Every pair's teacher features; pairs whose teachers are one network share one pass."""
@@ -205,9 +207,8 @@ class DualKD(nn.Module):
         truncation of the other, equal weights), deepest last: the edge preset's two pairs both read
         EfficientNet-Lite0, so its stem and early stages (the costly high-resolution part) run once
         instead of twice. The numbers are exactly those of separate passes."""
-        cached = getattr(self, "_teacher_groups", None)
-        if cached is not None:
-            return cached
+        if self._teacher_groups is not None:
+            return self._teacher_groups
         groups: list[list[int]] = []
         for i, pair in enumerate(self.pairs):
             for group in groups:
@@ -266,7 +267,7 @@ class DualKD(nn.Module):
 
 def _same_network(a: Pair, b: Pair) -> bool:
     ta, tb = a.teacher, b.teacher
-    if ta.arch != tb.arch or a.renorm != b.renorm or not hasattr(ta.backbone, "forward_stages"):
+    if ta.arch != tb.arch or a.renorm != b.renorm:
         return False
     if a.renorm and not (torch.equal(a.renorm_scale, b.renorm_scale) and torch.equal(a.renorm_shift, b.renorm_shift)):
         return False

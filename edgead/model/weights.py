@@ -27,11 +27,16 @@ import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from edgead.errors import EdgeADError
+
+if TYPE_CHECKING:  # both import this module: a runtime import would be a cycle
+    from edgead.model.efficientnet import EfficientNet
+    from edgead.model.resnet import ResNet
 
 WEIGHTS_DIR_ENV = "EDGEAD_WEIGHTS_DIR"
 CACHE_DIR_ENV = "EDGEAD_CACHE_DIR"
@@ -269,7 +274,7 @@ def load_pretrained(arch: str, path: str | os.PathLike[str] | None = None) -> di
     return dict(obj)
 
 
-def load_state_dict_truncated(model: nn.Module, state_dict: Mapping[str, Tensor]) -> None:
+def load_state_dict_truncated(model: ResNet | EfficientNet, state_dict: Mapping[str, Tensor]) -> None:
     """Load a full checkpoint into a possibly truncated model, strictly on what was built.
 
     Keys under `model.skipped_prefixes` (modules deliberately not built, e.g.
@@ -277,8 +282,7 @@ def load_state_dict_truncated(model: nn.Module, state_dict: Mapping[str, Tensor]
     must match exactly, so a missing or misnamed key is still an error rather
     than a silently random layer.
     """
-    skipped = tuple(getattr(model, "skipped_prefixes", ()))
-    kept = {k: v for k, v in state_dict.items() if not k.startswith(skipped)}
+    kept = {k: v for k, v in state_dict.items() if not k.startswith(model.skipped_prefixes)}
     try:
         model.load_state_dict(kept, strict=True)
     except RuntimeError as exc:

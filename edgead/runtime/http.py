@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 
 from edgead.errors import EdgeADError
-from edgead.training.figures import heatmap_overlay
+from edgead.runtime.overlay import heatmap_overlay
 from edgead.preprocess import PreprocessSpec, to_display
 from edgead.protocols import InspectionEvent
 

@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from edgead.training.figures import heatmap_overlay
+from edgead.runtime.overlay import heatmap_overlay
 from edgead.io import atomic_write_bytes, atomic_write_json, json_line, png_bytes
 from edgead.preprocess import PreprocessSpec, to_display
 from edgead.protocols import InspectionEvent

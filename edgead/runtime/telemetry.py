@@ -230,7 +230,7 @@ class RunMetrics:
         self.camera_errors = r.counter("edgead_camera_errors_total", "Exceptions raised by the camera.")
         self.camera_reconnects = r.counter("edgead_camera_reconnects_total", "Camera reconnections.")
         self.camera_stalls = r.counter("edgead_camera_stalls_total", "Periods without frames longer than stall_alarm_s.")
-        self.sink_errors = r.counter("edgead_sink_errors_total", "Exceptions raised while firing the reject outputs.")
+        self.sink_errors = r.counter("edgead_sink_errors_total", "Reject-output failures (an exception, an output gone, a missed pulse, a dropped event).")
         self.records_dropped = r.counter("edgead_records_dropped_total",
                                          "Records not written because the disk was too slow, by kind.")
         self.records_deleted = r.counter("edgead_records_deleted_total", "Files deleted to keep the disk quota.")

@@ -1,5 +1,5 @@
 """Mini-batches over cached teacher features: the teachers are frozen and there is no augmentation,
-so their features are computed once per image and sliced per batch (half the cost of an epoch on a CPU)."""
+so their features are computed once per image and sliced per batch: an epoch runs only the students."""
 
 from __future__ import annotations
 

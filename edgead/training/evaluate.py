@@ -21,7 +21,7 @@ from edgead.io import atomic_write_json
 from edgead.training.metrics import evaluate_predictions
 from edgead.model.artifact import load_model
 from edgead.model.kd import DualKD
-from edgead.preprocess import preprocess, preprocess_mask, to_display
+from edgead.preprocess import PreprocessSpec, preprocess, preprocess_mask, to_display
 
 
 @torch.no_grad()
@@ -63,7 +63,7 @@ def score_samples(model: DualKD, samples: list[Sample], batch_size: int, device:
     return kept, np.concatenate(scores), np.concatenate(maps), bad
 
 
-def load_masks(samples: list[Sample], spec: Any) -> list[np.ndarray | None]:
+def load_masks(samples: list[Sample], spec: PreprocessSpec) -> list[np.ndarray | None]:
     """Ground-truth masks in the model's input geometry; None where a defect has no mask file."""
     masks: list[np.ndarray | None] = []
     for s in samples:
@@ -79,6 +79,8 @@ def load_masks(samples: list[Sample], spec: Any) -> list[np.ndarray | None]:
 def evaluate(model_dir: str | Path, data: str | Path, out: str | Path | None = None, *, batch_size: int = 8,
              device: str | None = None, skip_bad: bool = False, figures: bool = True,
              log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Metrics of the model in `model_dir` on the test split of `data`; with `out`, also eval.json and
+    the figures there, so a report can be read and compared without the model or a torch install."""
     dev = pick_device(device)
     model, metadata = load_model(model_dir, dev)
     samples = test_samples(Path(data))

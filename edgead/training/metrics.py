@@ -1,7 +1,9 @@
 """Detection metrics (AUROC, pixel AUROC, AUPRO, F1) in plain numpy.
 
-Numpy-only on purpose: edge devices pick their reject threshold with
-`threshold_table`/`f1_max` and must not need scikit-learn or torch. Results match
+Numpy-only on purpose (SciPy only inside `aupro`): `training.figures` uses it and the
+run loop imports that on the edge path, so nothing here may need scikit-learn or torch.
+Reject thresholds for the line come from `edgead.decide.thresholds`; `threshold_table`
+and `f1_max` describe the trade-off on a labelled test set. Results match
 `sklearn.metrics` (ties included); the tests check that.
 
 Conventions:
@@ -155,7 +157,7 @@ def _auc_split(pos: np.ndarray, neg: np.ndarray) -> float:
     if n_pos <= n_neg:
         ref, query = neg, pos
         ref.sort()  # callers pass fresh copies; in place keeps memory at one copy
-        query.sort()  # sorted queries make searchsorted cache-friendly (~15x faster)
+        query.sort()  # sorted queries make searchsorted walk the reference in order (cache-friendly)
         lo = np.searchsorted(ref, query, side="left")  # negatives strictly below each positive
         hi = np.searchsorted(ref, query, side="right")
         twice = 2 * int(lo.sum(dtype=np.int64)) + int((hi - lo).sum(dtype=np.int64))

@@ -1,7 +1,7 @@
 """Training loop: both students learn to imitate their teachers on good images only.
 
-Teachers are frozen and there is no augmentation, so their features are computed once and cached:
-on a 2-core CPU that halves the cost of every epoch. The best epoch (lowest validation loss on held-out
+Teachers are frozen and there is no augmentation, so their features are computed once and cached
+(training/batches.py): each epoch runs only the students. The best epoch (lowest validation loss on held-out
 good images) is kept; `checkpoint/last.pt` is written after every epoch so Ctrl-C or a crash leaves a
 resumable run, and a usable model from the best epoch so far.
 """
