@@ -5,26 +5,29 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from edgead import __version__
+from edgead.backends.manifest import BACKENDS, PRECISIONS
 from edgead.errors import EdgeADError
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 
+if TYPE_CHECKING:
+    _Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
+
 
 def _overrides(args: argparse.Namespace) -> dict:
+    """`edgead train` flags as config overrides; a flag left out keeps the preset's value."""
     over: dict = {}
-    train = {k: v for k, v in (("epochs", getattr(args, "epochs", None)),
-                               ("batch_size", getattr(args, "batch_size", None)),
-                               ("seed", getattr(args, "seed", None))) if v is not None}
+    train = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size), ("seed", args.seed))
+             if v is not None}
     if train:
         over["train"] = train
-    size = getattr(args, "size", None)
-    if size:
-        over["input"] = {"height": size[0], "width": size[1]}
-    if getattr(args, "fusion", None):
+    if args.size:
+        over["input"] = {"height": args.size[0], "width": args.size[1]}
+    if args.fusion:
         over["fusion"] = args.fusion
     return over
 
@@ -180,17 +183,26 @@ def cmd_signals_test(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The whole command line; each verb's options live in its own `_add_<verb>`."""
     parser = argparse.ArgumentParser(prog="edgead", description="Anomaly detection for factory cameras: "
                                      "train on good parts, inspect every part in milliseconds.")
     parser.add_argument("--version", action="version", version=f"edgead {__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
+    for add in (_add_synth, _add_train, _add_eval, _add_build_engine, _add_bench, _add_calibrate, _add_run,
+                _add_signals, _add_demo):
+        add(sub)
+    return parser
 
+
+def _add_synth(sub: _Subparsers) -> None:
     p = sub.add_parser("synth", help="generate synthetic products (MVTec layout) for tests and demos")
     p.add_argument("--out", required=True, help="folder to write the categories into")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--category", action="append", help="only this category (repeatable)")
     p.set_defaults(func=cmd_synth)
 
+
+def _add_train(sub: _Subparsers) -> None:
     p = sub.add_parser("train", help="train the students on good images")
     p.add_argument("--data", help="folder of good images, or an MVTec category root (uses train/good)")
     p.add_argument("--out", help="model folder to write, e.g. models/NAME")
@@ -209,6 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.set_defaults(func=cmd_train)
 
+
+def _add_eval(sub: _Subparsers) -> None:
     p = sub.add_parser("eval", help="image/pixel AUROC, AUPRO and F1 on an MVTec-layout test split")
     p.add_argument("--model", required=True)
     p.add_argument("--data", required=True, help="MVTec category root (uses test/ and ground_truth/)")
@@ -218,15 +232,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-bad", action="store_true")
     p.set_defaults(func=cmd_eval)
 
+
+def _add_build_engine(sub: _Subparsers) -> None:
     p = sub.add_parser("build-engine", help="export ONNX and build the engines that run on the line")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="model folder written by `edgead train` (export ONNX, then build)")
     src.add_argument("--engine", help="engine folder exported elsewhere: build its TensorRT engines on this device "
                      "(a Jetson), no torch needed")
     p.add_argument("--out", help="engine folder (default: engines/<model name>)")
-    p.add_argument("--backend", choices=["auto", "tensorrt", "onnxruntime"], default="auto",
+    p.add_argument("--backend", choices=["auto", *BACKENDS], default="auto",
                    help="auto: TensorRT where usable, else ONNX Runtime")
-    p.add_argument("--precision", choices=["fp16", "fp32"], default="fp16", help="TensorRT precision")
+    p.add_argument("--precision", choices=list(PRECISIONS), default="fp16", help="TensorRT precision")
     p.add_argument("--max-batch", type=int, dest="max_batch_given", metavar="N", help="largest batch (default 8; with --engine: "
                    "the folder's)")
     p.add_argument("--workspace", type=int, default=1024, help="TensorRT workspace limit in MiB")
@@ -235,6 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="anomaly map resolution returned by the engine (default: the input size)")
     p.set_defaults(func=cmd_build_engine)
 
+
+def _add_bench(sub: _Subparsers) -> None:
     p = sub.add_parser("bench", help="latency and throughput of every backend that runs here")
     p.add_argument("--engine", required=True)
     p.add_argument("--batch", type=int, action="append", help="batch size (repeatable; default 1 and max batch)")
@@ -245,6 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write the results as JSON here")
     p.set_defaults(func=cmd_bench)
 
+
+def _add_calibrate(sub: _Subparsers) -> None:
     p = sub.add_parser("calibrate", help="choose the reject threshold from good-part scores; --check tests for drift",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog="exit codes: 0 calibrated / no drift, 2 user error (message on stderr), "
@@ -257,8 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", choices=["auto", "quantile", "evt"],
                    help="auto (default): quantile with >= 10/target good images, else EVT tail fit")
     p.add_argument("--out", help="record to write (default: calibration/<engine folder name>.yaml)")
-    p.add_argument("--backend", choices=["auto", "onnxruntime", "tensorrt"])
-    p.add_argument("--precision", choices=["fp16", "fp32"])
+    p.add_argument("--backend", choices=["auto", *sorted(BACKENDS)])   # calibrate's --help lists them alphabetically
+    p.add_argument("--precision", choices=list(PRECISIONS))
     p.add_argument("--skip-bad", action="store_true", help="skip and count unreadable images instead of stopping")
     p.add_argument("--min-defect-area", type=float, metavar="N", help="area rule: reject only when at least N "
                    "source-image pixels (mm^2 with --mm-per-px) of the anomaly map exceed a calibrated pixel threshold")
@@ -267,6 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="--check with a record from another engine (unsafe)")
     p.set_defaults(func=cmd_calibrate)
 
+
+def _add_run(sub: _Subparsers) -> None:
     p = sub.add_parser("run", help="inspect parts from a camera: reject above the calibrated threshold, fail safe",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog="a part not decided within --deadline-ms (engine error, slow engine, lost frame) gets "
@@ -288,11 +310,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-frames", type=int, help="stop after this many frames")
     p.add_argument("--force", action="store_true", help="use a calibration made with another engine (unsafe, warned)")
     p.add_argument("--allow-degraded", action="store_true", help="start even when an output is unreachable")
-    p.add_argument("--backend", choices=["auto", "tensorrt", "onnxruntime"])
-    p.add_argument("--precision", choices=["fp16", "fp32"])
+    p.add_argument("--backend", choices=["auto", *BACKENDS])
+    p.add_argument("--precision", choices=list(PRECISIONS))
     p.add_argument("--threads", type=int, metavar="N", help="ONNX Runtime CPU threads (default: the backend's)")
     p.set_defaults(func=cmd_run)
 
+
+def _add_signals(sub: _Subparsers) -> None:
     p = sub.add_parser("signals", help="reject outputs: `edgead signals test --config run.yaml`")
     signals_sub = p.add_subparsers(dest="signals_verb", metavar="ACTION", required=True)
     q = signals_sub.add_parser("test", help="fire one test pulse on every configured output (wiring check); "
@@ -300,6 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--config", required=True, help="run YAML with an `outputs:` list")
     q.set_defaults(func=cmd_signals_test)
 
+
+def _add_demo(sub: _Subparsers) -> None:
     p = sub.add_parser("demo", help="the whole line on a synthetic product (train, engines, calibration, a conveyor "
                        "run) with an HTML report; no camera or GPU needed")
     p.add_argument("--out", default="demo-out", help="working folder (default: demo-out)")
@@ -311,13 +337,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_demo)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
+    if args.verb is None:                 # every verb sets func; `signals` requires its ACTION
         parser.print_help()
         return EXIT_USER_ERROR
     func: Callable[[argparse.Namespace], int] = args.func

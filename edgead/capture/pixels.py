@@ -21,7 +21,7 @@ def _bayer(new: str, old: str) -> int:
     OpenCV's classic names are shifted by one: GenICam BayerRG8 (R at the top-left) is
     COLOR_BayerBG2RGB there, and COLOR_BayerRG2RGB swaps red and blue. Newer builds add
     unambiguous names (COLOR_BayerRGGB2RGB, equal to the classic BG code); use them when present.
-    tests/test_capture.py checks every pattern on a synthetic mosaic.
+    tests/capture/test_capture.py checks every pattern on a synthetic mosaic.
     """
     return int(getattr(cv2, new, getattr(cv2, old)))
 

@@ -17,14 +17,18 @@ import os
 import platform
 import shutil
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from edgead.model.config import load_config
+from edgead.model.config import ModelConfig, load_config
 from edgead.errors import EdgeADError
+
+if TYPE_CHECKING:
+    from edgead.demo.conveyor import Part
 
 DEMO_CATEGORY = "washer"
 TARGET_FRR = 0.01            # 1 % false rejects: the demo's calibration target
@@ -33,10 +37,10 @@ CALIB_SHARE = 0.25
 FIT_MIN = 10                 # training needs at least this many after the hold-back
 DEADLINE_MS = 500            # generous for a shared 2-core CPU; the line default is 200 ms
 N_SHOWN_GOOD = 4             # hardest good parts shown in the report
-# Sized for a 2-core CPU (docs/benchmarks.md, demo): the full demo in about 4 of its 5 minutes,
-# --quick in about 1 of its 1.5. Training images are the train split minus the 50 held-back
-# calibration parts; at a fixed budget more images with fewer epochs generalised better
-# (110 x 16 epochs: image AUROC 0.940 vs 60 x 30: 0.935 in the same time; 110 x 26: 0.967).
+# Sized so that the full demo and --quick finish within their time targets on a 2-core CPU.
+# Training images are the train split minus the CALIB_MIN held-back calibration parts; at a fixed
+# time budget more distinct good images beat more epochs. Timings and the budget runs behind these
+# counts: docs/benchmarks.md, "The demo: time per step and what the report shows".
 FULL_COUNTS = dict(n_train=160, n_test_good=40, n_test_defect=30)
 FULL_EPOCHS = 24
 QUICK_COUNTS = dict(n_train=160, n_test_good=16, n_test_defect=12)
@@ -131,7 +135,7 @@ def overlays(engine: Path, calibration: dict[str, Any], paths: list[str]) -> lis
     """Heatmap overlays of source images through the engine, on the run's fixed colour scale."""
     from edgead.backends import load_detector
     from edgead.data.images import read_image
-    from edgead.training.figures import heatmap_overlay
+    from edgead.runtime.overlay import heatmap_overlay
     from edgead.preprocess import preprocess, to_display
     from edgead.runtime.run import engine_preprocessing, heat_range
 
@@ -152,44 +156,94 @@ def _machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}"
 
 
+@dataclass(frozen=True)
+class _Line:
+    """What training, build-engine and calibration left behind, for the belt and the report."""
+
+    n_fit: int
+    n_cal: int
+    model_dir: Path
+    engine_dir: Path
+    cal_path: Path
+    evaluation: dict[str, Any]
+    manifest: dict[str, Any]
+    record: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class _Belt:
+    """The conveyor run: the parts in belt order, its pace, and what the run loop decided."""
+
+    parts: list[Part]
+    latency_ms: float
+    fps: float
+    conveyor: dict[str, Any]
+    summary: dict[str, Any]
+    events: list[dict[str, Any]]
+    record_dir: Path
+    scored: dict[str, Any]
+
+
 def run_demo(out: Path, quick: bool = False, data: str | None = None, epochs: int | None = None, seed: int = 0,
              report_dir: Path | None = None, size: tuple[int, int] | None = None,
              log: Log = print) -> dict[str, Any]:
     """Run the whole story; returns the report's data (also written as report.json beside index.html)."""
-    from edgead.export.build import build_engine
-    from edgead.decide.calibrate import calibrate
-    from edgead.demo.conveyor import conveyor_parts, score_run, stage_latencies, write_conveyor
-    from edgead.data.images import read_image
-    from edgead.data.mvtec import is_mvtec_root
-    from edgead.data.synth import generate_product
-    from edgead.training.evaluate import evaluate
     from edgead.demo.report import write_report
-    from edgead.training.train import train
 
     out = Path(out)
     report_dir = Path(report_dir) if report_dir is not None else Path("demo-report")
     started = time.perf_counter()
     steps = Steps(log)
+    root, product = _product(steps, out, quick, data, seed)
+    split = split_good(root / "train" / "good", out / "split", seed)
+    _, _, n_fit, n_cal = split
+    log(f"[demo] {n_fit} good images train the model, {n_cal} are held back to calibrate the threshold")
+    line = _build_line(steps, out, root, split, _train_config(quick, epochs, seed, size), log)
+    belt = _run_belt(steps, out, root, line, seed, log)
+    cards = _cards(line, belt)
+    data_out = _report_data(out, product, quick, steps, round(time.perf_counter() - started, 1), line, belt, cards)
+    index = write_report(report_dir, data_out)
+    for text in summary_lines(data_out, index):
+        log(text)
+    return data_out
+
+
+def _product(steps: Steps, out: Path, quick: bool, data: str | None, seed: int) -> tuple[Path, str]:
+    """The category the story runs on (root, name): a fresh synthetic one, or the user's checked folder."""
+    from edgead.data.mvtec import is_mvtec_root
+    from edgead.data.synth import generate_product
+
     if data is None:
         image_size = (128, 128) if quick else (256, 256)
         counts = QUICK_COUNTS if quick else FULL_COUNTS
         root = steps.run("synthetic product", lambda: generate_product(out / "data", DEMO_CATEGORY, seed, size=image_size,
                                                                         **counts))
-        product = f"synthetic {DEMO_CATEGORY} ({image_size[0]}x{image_size[1]})"
-    else:
-        root = Path(data)
-        if not is_mvtec_root(root):
-            raise EdgeADError(f"{root} is not an MVTec-layout category (train/good and test/ are needed)",
-                              "see README: 'From your own images to a running line'")
-        product = str(root)
-    fit_dir, cal_dir, n_fit, n_cal = split_good(root / "train" / "good", out / "split", seed)
-    log(f"[demo] {n_fit} good images train the model, {n_cal} are held back to calibrate the threshold")
+        return root, f"synthetic {DEMO_CATEGORY} ({image_size[0]}x{image_size[1]})"
+    root = Path(data)
+    if not is_mvtec_root(root):
+        raise EdgeADError(f"{root} is not an MVTec-layout category (train/good and test/ are needed)",
+                          "see README: 'From your own images to a running line'")
+    return root, str(root)
 
+
+def _train_config(quick: bool, epochs: int | None, seed: int, size: tuple[int, int] | None) -> ModelConfig:
+    """The default preset with the demo's epochs and seed; --quick and --size set the input size."""
     overrides: dict[str, Any] = {"train": {"epochs": epochs or (QUICK_EPOCHS if quick else FULL_EPOCHS), "seed": seed}}
     if size or quick:
         h, w = size or (128, 128)
         overrides["input"] = {"height": int(h), "width": int(w)}
-    cfg = load_config(None, None, overrides)
+    return load_config(None, None, overrides)
+
+
+def _build_line(steps: Steps, out: Path, root: Path, split: tuple[Path, Path, int, int], cfg: ModelConfig,
+                log: Log) -> _Line:
+    """Train, evaluate, build the engines and calibrate: the commands a line engineer runs, in order."""
+    from edgead.decide.calibrate import calibrate
+    from edgead.export.build import build_engine
+    from edgead.training.evaluate import evaluate
+    from edgead.training.train import train
+
+    fit_dir, cal_dir, n_fit, n_cal = split
     model_dir, engine_dir = out / "model", out / "engine"
     steps.run("training", lambda: train(fit_dir, model_dir, cfg, overwrite=True))
     ev = steps.run("evaluation", lambda: evaluate(model_dir, root, out / "eval", log=log))
@@ -197,64 +251,90 @@ def run_demo(out: Path, quick: bool = False, data: str | None = None, epochs: in
     cal_path = out / "calibration" / "demo.yaml"
     record, _ = steps.run("calibration", lambda: calibrate(engine_dir, cal_dir, target_frr=TARGET_FRR, out=cal_path,
                                                            log=log))
+    return _Line(n_fit, n_cal, model_dir, engine_dir, cal_path, ev, manifest, record)
+
+
+def _run_belt(steps: Steps, out: Path, root: Path, line: _Line, seed: int, log: Log) -> _Belt:
+    """Pace the belt below the engine's speed, record the test parts on it, run the real loop."""
+    from edgead.demo.conveyor import conveyor_parts, score_run, write_conveyor
+
     parts = conveyor_parts(root, seed)
-    latency = engine_latency_ms(engine_dir)
+    latency = engine_latency_ms(line.engine_dir)
     fps = round(min(20.0, 500.0 / max(latency, 1e-3)), 2)   # the belt runs at half the engine's batch-1 speed
     conveyor = steps.run("conveyor video", lambda: write_conveyor(parts, out / "conveyor", fps))
     log(f"[demo] conveyor: {len(parts)} parts at {fps:g} parts/s ({conveyor['kind']}"
         f"{', ' + conveyor['codec'] if conveyor['codec'] else ''}); the engine takes {latency:.1f} ms per part")
     summary, events, record_dir = steps.run(
-        "run loop", lambda: run_conveyor(engine_dir, cal_path, conveyor, out / "run", fps, log))
-    scored = score_run(parts, events)
+        "run loop", lambda: run_conveyor(line.engine_dir, line.cal_path, conveyor, out / "run", fps, log))
+    return _Belt(parts, latency, fps, conveyor, summary, events, record_dir, score_run(parts, events))
 
-    by_seq = {int(e["seq"]): e for e in events}
-    good_by_score = sorted((p for p in parts if p.label == 0 and by_seq.get(p.frame, {}).get("score") is not None),
-                           key=lambda p: -by_seq[p.frame]["score"])[:N_SHOWN_GOOD]
-    escaped = [p for p in parts if p.frame in scored["escape_frames"]]
-    shown = overlays(engine_dir, record, [p.path for p in good_by_score + escaped])
 
-    def card(p: Any, image: Any) -> dict[str, Any]:
-        e = by_seq.get(p.frame, {})
-        return {"frame": p.frame, "truth": p.defect_type, "decision": e.get("decision"), "score": e.get("score"),
-                "image": image}
+def _card(p: Part, by_seq: dict[int, dict[str, Any]], image: Any) -> dict[str, Any]:
+    """One gallery entry: the part, its truth, what the run loop decided, and its picture."""
+    e = by_seq.get(p.frame, {})
+    return {"frame": p.frame, "truth": p.defect_type, "decision": e.get("decision"), "score": e.get("score"),
+            "image": image}
+
+
+def _rejected_cards(belt: _Belt, by_seq: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every rejected part, shown with the overlay the run loop saved (else its source image)."""
+    from edgead.data.images import read_image
 
     rejected = []
-    for p in parts:
+    for p in belt.parts:
         e = by_seq.get(p.frame)
         if e and e["decision"] in ("reject", "safe_reject"):
-            files = [record_dir / f for f in e.get("images") or [] if f.endswith("-overlay.png")]
+            files = [belt.record_dir / f for f in e.get("images") or [] if f.endswith("-overlay.png")]
             img = read_image(files[0]) if files and files[0].is_file() else read_image(p.path)
-            rejected.append(card(p, img))
-    total_s = round(time.perf_counter() - started, 1)
-    engine = next(iter(manifest["engines"]))
-    data_out: dict[str, Any] = {
+            rejected.append(_card(p, by_seq, img))
+    return rejected
+
+
+def _cards(line: _Line, belt: _Belt) -> dict[str, list[dict[str, Any]]]:
+    """The report's galleries: rejected parts, defective parts that passed, the hardest good parts."""
+    by_seq = {int(e["seq"]): e for e in belt.events}
+    good_by_score = sorted((p for p in belt.parts if p.label == 0 and by_seq.get(p.frame, {}).get("score") is not None),
+                           key=lambda p: -by_seq[p.frame]["score"])[:N_SHOWN_GOOD]
+    escaped = [p for p in belt.parts if p.frame in belt.scored["escape_frames"]]
+    shown = overlays(line.engine_dir, line.record, [p.path for p in good_by_score + escaped])
+    return {
+        "rejected": _rejected_cards(belt, by_seq),
+        "escaped": [_card(p, by_seq, img) for p, img in zip(escaped, shown[len(good_by_score):])],
+        "hardest_good": [_card(p, by_seq, img) for p, img in zip(good_by_score, shown[:len(good_by_score)])],
+    }
+
+
+def _report_data(out: Path, product: str, quick: bool, steps: Steps, total_s: float, line: _Line, belt: _Belt,
+                 cards: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Everything the report shows, in report.json's key order."""
+    from edgead.demo.conveyor import stage_latencies
+
+    ev, record, summary = line.evaluation, line.record, belt.summary
+    engine = next(iter(line.manifest["engines"]))
+    return {
         "title": f"edgead demo: {product}",
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": _machine(), "product": product, "quick": quick,
-        "images": {"train": n_fit, "calibration": n_cal, "test_good": ev["n_good"], "test_defective": ev["n_defect"]},
+        "images": {"train": line.n_fit, "calibration": line.n_cal, "test_good": ev["n_good"],
+                   "test_defective": ev["n_defect"]},
         "steps_s": dict(steps.seconds), "total_s": total_s,
         "evaluation": {k: ev[k] for k in ("image_auroc", "pixel_auroc", "aupro", "f1_max")}
         | {"per_type": ev.get("per_type", {})},
-        "engine": {"backend": _run_backend(record_dir), "built": engine["backend"],
-                   "precision": engine["precision"], "batch1_ms": round(latency, 2)},
+        "engine": {"backend": _run_backend(belt.record_dir), "built": engine["backend"],
+                   "precision": engine["precision"], "batch1_ms": round(belt.latency_ms, 2)},
         "calibration": {"threshold": record["threshold"], "method": record.get("method"),
-                        "target_frr": record.get("target_frr"), "n_good": n_cal,
-                        "figure": str(cal_path.with_suffix(".png"))},
-        "conveyor": {**scored, "fps": fps, "kind": conveyor["kind"], "codec": conveyor["codec"],
-                     "parts_per_s": summary.get("parts_per_s"), "latency_ms": stage_latencies(events),
+                        "target_frr": record.get("target_frr"), "n_good": line.n_cal,
+                        "figure": str(line.cal_path.with_suffix(".png"))},
+        "conveyor": {**belt.scored, "fps": belt.fps, "kind": belt.conveyor["kind"], "codec": belt.conveyor["codec"],
+                     "parts_per_s": summary.get("parts_per_s"), "latency_ms": stage_latencies(belt.events),
                      "run_summary": {k: summary[k] for k in ("parts", "passes", "rejects", "safe_actions",
                                                              "late_decisions", "frames_lost", "elapsed_s")}},
-        "paths": {"work": str(out), "model": str(model_dir), "engine": str(engine_dir),
-                  "calibration": str(cal_path), "events": str(record_dir / "events.jsonl"),
-                  "decisions": str(out / "run" / "decisions.jsonl"), "conveyor": conveyor["source"]},
-        "rejected": rejected, "escaped": [card(p, img) for p, img in zip(escaped, shown[len(good_by_score):])],
-        "hardest_good": [card(p, img) for p, img in zip(good_by_score, shown[:len(good_by_score)])],
+        "paths": {"work": str(out), "model": str(line.model_dir), "engine": str(line.engine_dir),
+                  "calibration": str(line.cal_path), "events": str(belt.record_dir / "events.jsonl"),
+                  "decisions": str(out / "run" / "decisions.jsonl"), "conveyor": belt.conveyor["source"]},
+        **cards,
         "roc_figure": str(out / "eval" / "roc.png"),
     }
-    index = write_report(report_dir, data_out)
-    for line in summary_lines(data_out, index):
-        log(line)
-    return data_out
 
 
 def _run_backend(record_dir: Path) -> str:

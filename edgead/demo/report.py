@@ -109,10 +109,30 @@ def commands(d: dict[str, Any]) -> str:
 
 
 def render(d: dict[str, Any]) -> str:
-    ev, cal, c, eng = d["evaluation"], d["calibration"], d["conveyor"], d["engine"]
-    lat = c["latency_ms"]
-    total = lat.get("total", {})
-    tiles = "".join([
+    """index.html from the report data: one section after another, sections without content left out."""
+    parts = [*_head(d), *_what_happened(d), *_model_quality(d), *_threshold(d), *_conveyor_run(d),
+             *_galleries(d), *_roc(d), *_next_steps(d)]
+    return "\n".join(p for p in parts if p)
+
+
+def _head(d: dict[str, Any]) -> list[str]:
+    """Document head, title line and the headline tiles."""
+    return [
+        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{_e(d['title'])}</title><style>{_CSS}</style></head><body><main>",
+        f"<h1>{_e(d['title'])}</h1>",
+        f'<p class="sub">{_e(d["created"])} &middot; {_e(d["machine"])} &middot; whole demo {d["total_s"]:.0f} s'
+        f"{' &middot; quick mode' if d.get('quick') else ''}</p>",
+        f'<div class="tiles">{_tiles(d)}</div>',
+    ]
+
+
+def _tiles(d: dict[str, Any]) -> str:
+    """The numbers a plant manager looks at first: model quality, belt errors, speed."""
+    ev, c, eng = d["evaluation"], d["conveyor"], d["engine"]
+    total = c["latency_ms"].get("total", {})
+    return "".join([
         _tile(_num(ev["image_auroc"]), "image AUROC (test split)"),
         _tile(_num(ev["pixel_auroc"]), "pixel AUROC (defect location)"),
         _tile(f"{c['false_rejects']} / {c['good']}", f"good parts rejected ({_pct(c['false_reject_rate'])})",
@@ -122,22 +142,62 @@ def render(d: dict[str, Any]) -> str:
         _tile(f"{_num(total.get('p50'), 1)} ms", f"capture to decision, median (p99 {_num(total.get('p99'), 1)} ms)"),
         _tile(f"{_num(c.get('parts_per_s'), 1)} /s", f"parts per second on the belt ({eng['backend']})"),
     ])
+
+
+def _what_happened(d: dict[str, Any]) -> list[str]:
+    """The story in one paragraph, and the time each step took."""
+    cal, c = d["calibration"], d["conveyor"]
     steps = _table(["step", "seconds"], [[k, f"{v:.1f}"] for k, v in d["steps_s"].items()]
                    + [["whole demo", f"{d['total_s']:.1f}"]])
+    return [
+        "<h2>What happened</h2>",
+        f"<p>The model learnt what a good part looks like from {d['images']['train']} good images only. "
+        f"{cal['n_good']} other good parts set the reject threshold. Then {c['parts']} parts "
+        f"({c['good']} good, {c['defective']} defective, in a known order) passed the camera as a video at "
+        f"{_num(c['fps'], 1)} parts per second, through the same <code>edgead run</code> loop that runs on the "
+        "line, and every decision was checked against the truth.</p>",
+        steps,
+    ]
+
+
+def _model_quality(d: dict[str, Any]) -> list[str]:
+    """Test-split metrics, overall and per defect type, and the engine that produced them."""
+    ev, eng = d["evaluation"], d["engine"]
     per_type = ev.get("per_type") or {}
     quality = _table(["defect type", "n", "image AUROC", "pixel AUROC", "AUPRO"],
                      [["all", d["images"]["test_good"] + d["images"]["test_defective"], _num(ev["image_auroc"]),
                        _num(ev["pixel_auroc"]), _num(ev["aupro"])]]
                      + [[k, m["n"], _num(m["image_auroc"]), _num(m["pixel_auroc"]), _num(m["aupro"])]
                         for k, m in sorted(per_type.items())])
-    def rate(stage: str, v: dict[str, Any]) -> str:   # what the stage alone could sustain, one part at a time
-        if stage in ("read", "queue", "total") or not v.get("p50"):
-            return ""
-        return f"{1000.0 / v['p50']:.0f}"
+    return [
+        "<h2>Model quality on the test split</h2>", quality,
+        f'<p class="note">Engine: {_e(eng["backend"])} (built: {_e(eng["built"])}, {_e(eng["precision"])}), '
+        f"{_num(eng['batch1_ms'], 1)} ms per part at batch 1 on this machine.</p>",
+    ]
 
-    latency = _table(["stage", "p50 ms", "p90 ms", "p99 ms", "parts/s alone (1000 / p50)"],
-                     [[k, _num(v["p50"], 2), _num(v["p90"], 2), _num(v["p99"], 2), rate(k, v)]
-                      for k, v in lat.items()])
+
+def _threshold(d: dict[str, Any]) -> list[str]:
+    """The calibrated threshold and, where it was written, its histogram."""
+    cal = d["calibration"]
+    cal_fig = Path(cal["figure"])
+    return [
+        "<h2>Threshold (calibrated on good parts only)</h2>",
+        f"<p>Threshold <b>{_num(cal['threshold'], 4)}</b>, method {_e(cal['method'])}, target "
+        f"{_pct(cal['target_frr'])} false rejects, from {cal['n_good']} good parts the model never saw.</p>",
+        f'<img class="wide" alt="calibration histogram" src="{png_data_uri(cal_fig)}">' if cal_fig.is_file() else "",
+    ]
+
+
+def _stage_rate(stage: str, v: dict[str, Any]) -> str:
+    """What the stage alone could sustain, one part at a time (blank for stages that are waits or sums)."""
+    if stage in ("read", "queue", "total") or not v.get("p50"):
+        return ""
+    return f"{1000.0 / v['p50']:.0f}"
+
+
+def _conveyor_run(d: dict[str, Any]) -> list[str]:
+    """Belt counts against the truth, escapes by defect type, and latency per stage."""
+    c = d["conveyor"]
     run = c["run_summary"]
     belt = _table(["", "parts"], [
         ["on the belt", c["parts"]], ["good / defective", f"{c['good']} / {c['defective']}"],
@@ -147,34 +207,20 @@ def render(d: dict[str, Any]) -> str:
         ["safe actions (not inspected in time: rejected)", c["safe_actions"]],
         ["late decisions", run["late_decisions"]], ["frames lost", run["frames_lost"]],
     ])
+    latency = _table(["stage", "p50 ms", "p90 ms", "p99 ms", "parts/s alone (1000 / p50)"],
+                     [[k, _num(v["p50"], 2), _num(v["p90"], 2), _num(v["p99"], 2), _stage_rate(k, v)]
+                      for k, v in c["latency_ms"].items()])
     escapes_by_type = ", ".join(f"{k}: {v}" for k, v in c["escapes_by_type"].items() if v) or "none"
-    cal_fig = Path(cal["figure"])
-    roc = Path(d.get("roc_figure") or "")
-    parts = [
-        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{_e(d['title'])}</title><style>{_CSS}</style></head><body><main>",
-        f"<h1>{_e(d['title'])}</h1>",
-        f'<p class="sub">{_e(d["created"])} &middot; {_e(d["machine"])} &middot; whole demo {d["total_s"]:.0f} s'
-        f"{' &middot; quick mode' if d.get('quick') else ''}</p>",
-        f'<div class="tiles">{tiles}</div>',
-        "<h2>What happened</h2>",
-        f"<p>The model learnt what a good part looks like from {d['images']['train']} good images only. "
-        f"{cal['n_good']} other good parts set the reject threshold. Then {c['parts']} parts "
-        f"({c['good']} good, {c['defective']} defective, in a known order) passed the camera as a video at "
-        f"{_num(c['fps'], 1)} parts per second, through the same <code>edgead run</code> loop that runs on the "
-        "line, and every decision was checked against the truth.</p>",
-        steps,
-        "<h2>Model quality on the test split</h2>", quality,
-        f'<p class="note">Engine: {_e(eng["backend"])} (built: {_e(eng["built"])}, {_e(eng["precision"])}), '
-        f"{_num(eng['batch1_ms'], 1)} ms per part at batch 1 on this machine.</p>",
-        "<h2>Threshold (calibrated on good parts only)</h2>",
-        f"<p>Threshold <b>{_num(cal['threshold'], 4)}</b>, method {_e(cal['method'])}, target "
-        f"{_pct(cal['target_frr'])} false rejects, from {cal['n_good']} good parts the model never saw.</p>",
-        f'<img class="wide" alt="calibration histogram" src="{png_data_uri(cal_fig)}">' if cal_fig.is_file() else "",
+    return [
         "<h2>The conveyor run</h2>", belt,
         f'<p class="note">Escapes by defect type: {_e(escapes_by_type)}.</p>',
         "<h3>Latency per stage (capture to decision)</h3>", latency,
+    ]
+
+
+def _galleries(d: dict[str, Any]) -> list[str]:
+    """Heatmaps of the rejected parts, the escapes and the hardest good parts."""
+    return [
         f"<h2>Rejected parts ({len(d['rejected'])})</h2>",
         _gallery(d["rejected"], "No part was rejected."),
         f"<h2>Defective parts that passed ({len(d['escaped'])})</h2>",
@@ -182,14 +228,25 @@ def render(d: dict[str, Any]) -> str:
         "<h2>Hardest good parts (highest scores that still passed or were rejected)</h2>",
         _gallery(d["hardest_good"], "No good parts on the belt."),
         '<p class="note">Heatmaps share one colour scale: blue is a typical good part, red reaches the threshold.</p>',
-        "<h2>Image ROC on the test split</h2>" if roc.is_file() else "",
-        f'<img class="wide" alt="ROC curve" src="{png_data_uri(roc)}">' if roc.is_file() else "",
+    ]
+
+
+def _roc(d: dict[str, Any]) -> list[str]:
+    """The evaluation's ROC figure, where it was written."""
+    roc = Path(d.get("roc_figure") or "")
+    if not roc.is_file():
+        return []
+    return ["<h2>Image ROC on the test split</h2>", f'<img class="wide" alt="ROC curve" src="{png_data_uri(roc)}">']
+
+
+def _next_steps(d: dict[str, Any]) -> list[str]:
+    """The commands for the user's own parts, where this run's files are, and the closing tags."""
+    return [
         "<h2>Do the same on your parts</h2>", f"<pre>{_e(commands(d))}</pre>",
         f'<p class="note">Files of this run: {_e(d["paths"]["work"])} (model, engine, calibration, '
         "events.jsonl with one line per part).</p>",
         "</main></body></html>",
     ]
-    return "\n".join(p for p in parts if p)
 
 
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:

@@ -19,7 +19,7 @@ import pytest
 
 from edgead.errors import EdgeADError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MODULES = [ROOT / "edgead" / "backends" / "tensorrt.py", ROOT / "edgead" / "export" / "tensorrt_build.py"]
 INSTALL = 'pip install "edgead[trt]"'
 
