@@ -15,6 +15,7 @@ Edge path (ARCHITECTURE.md rule 2): numpy, OpenCV, PyYAML and a backend; never t
 from __future__ import annotations
 
 import ipaddress
+import secrets
 import signal
 import sys
 import threading
@@ -210,13 +211,18 @@ def _loop_options(cfg: RunConfig, source: FrameSource, max_batch: int) -> LoopOp
         wait = cfg.camera.live is False
     return LoopOptions(trigger=cfg.trigger_mode, nth=cfg.nth, deadline_s=cfg.deadline_ms / 1000.0,
                        max_batch=max_batch, safe_action=cfg.safe_action, wait_for_engine=wait,
-                       stall_alarm_s=cfg.camera.stall_alarm_s, max_frames=cfg.max_frames)
+                       stall_alarm_s=cfg.camera.stall_alarm_s, max_frames=cfg.max_frames, run_id=new_run_id())
+
+
+def new_run_id() -> str:
+    """A session's id: UTC start time plus a random suffix, unique across restarts and boxes."""
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
 
 
 def _run_info(cfg: RunConfig, detector: Detector, calibration: dict[str, Any], source: FrameSource,
               spec: PreprocessSpec, opts: LoopOptions, warnings: list[str]) -> dict[str, Any]:
     """What run.json records about this session: versions, engine, calibration, camera, settings."""
-    return {"edgead_version": __version__, "started": datetime.now(timezone.utc).isoformat(),
+    return {"edgead_version": __version__, "run_id": opts.run_id, "started": datetime.now(timezone.utc).isoformat(),
             "engine": {"path": str(cfg.engine), "fingerprint": detector.fingerprint,
                        "backend": detector.backend, "precision": detector.precision},
             "calibration": {"path": str(cfg.calibration), "threshold": calibration.get("threshold"),
