@@ -1,5 +1,5 @@
-"""Atomic file writes (a crash never leaves half a file behind, ARCHITECTURE.md, artifacts), and the
-one PNG encoder every writer of images uses."""
+"""Files: the checks every path a user gives passes before work starts, atomic writes (a crash never
+leaves half a file behind), strict JSON, and the one PNG encoder every writer of images uses."""
 
 from __future__ import annotations
 
@@ -7,12 +7,77 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from edgead.errors import EdgeADError
+
 if TYPE_CHECKING:
     import numpy as np
+
+MIN_FREE_MB = 16.0      # what a verb needs at least to write its small files (records, manifests, reports)
+
+
+def _first_existing(path: Path) -> Path:
+    """`path` or the nearest of its parents that exists."""
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            return candidate
+    return Path(path.anchor or ".")
+
+
+def check_input(path: str | Path, *, kind: str, what: str, hint: str = "check the path") -> Path:
+    """An existing file or folder (`kind` "file" or "dir") that can be read, or an EdgeADError naming `what`."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise EdgeADError(f"{what} {p} does not exist", hint)
+    if kind == "dir" and not p.is_dir():
+        raise EdgeADError(f"{what} {p} is a file, but a folder is needed", hint)
+    if kind == "file" and not p.is_file():
+        raise EdgeADError(f"{what} {p} is a folder, but a file is needed", hint)
+    if not os.access(p, os.R_OK | (os.X_OK if kind == "dir" else 0)):
+        raise EdgeADError(f"{what} {p} cannot be read (permission denied)", "check its permissions")
+    return p
+
+
+def check_output(path: str | Path, *, kind: str, what: str, overwrite: bool = False,
+                 min_free_mb: float = MIN_FREE_MB) -> Path:
+    """The place `path` will be written (`kind` "file" or "dir") is usable, before any work starts.
+
+    Refused, each with one message naming `what` (the flag): a parent that is a file, a folder where
+    a file is wanted or the other way round, something already there (unless `overwrite`; an empty
+    folder is fine), a read-only or unwritable location, less than `min_free_mb` free.
+    """
+    p = Path(path).expanduser()
+    base = _first_existing(p)
+    if base != p and not base.is_dir():
+        raise EdgeADError(f"{what} {p}: {base} is a file, so nothing can be written under it",
+                          f"choose a {'folder' if kind == 'dir' else 'file'} path outside it")
+    if base == p:
+        if kind == "dir" and not p.is_dir():
+            raise EdgeADError(f"{what} {p} is a file, but an output folder is needed", "choose another path")
+        if kind == "file" and p.is_dir():
+            raise EdgeADError(f"{what} {p} is a folder, but a file path is needed", "name a file, e.g. NAME.yaml")
+        if not overwrite and (kind == "file" or any(p.iterdir())):
+            raise EdgeADError(f"{what} {p} already exists", "choose another path, or pass --overwrite to replace it")
+    folder = p if p.is_dir() else base if base != p else p.parent
+    if _read_only(folder) or not os.access(folder, os.W_OK | os.X_OK):
+        raise EdgeADError(f"{what} {p}: {folder} is read-only or not writable",
+                          "choose a writable location (check the mount and the permissions)")
+    free_mb = shutil.disk_usage(folder).free / 2**20
+    if free_mb < min_free_mb:
+        raise EdgeADError(f"{what} {p}: only {free_mb:.1f} MB free on {folder}, {min_free_mb:g} MB needed",
+                          "free some space or choose another disk")
+    return p
+
+
+def _read_only(folder: Path) -> bool:
+    try:
+        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):      # no statvfs (Windows): the access check decides
+        return False
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:

@@ -161,13 +161,47 @@ def need(place: Place, ok: bool, message: str, hint: str) -> None:
         raise place.error(message, hint)
 
 
+class _DuplicateKey(yaml.YAMLError):
+    """A mapping names one key twice."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error, not "the last wins"."""
+
+
+def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise _DuplicateKey(f"the key {key!r} is given twice (lines {seen[key] + 1} and "
+                                f"{key_node.start_mark.line + 1}): only one of them can hold")
+        seen[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
+def safe_load(text: str, what: str) -> Any:
+    """YAML text parsed safely; bad syntax or a key given twice is an EdgeADError naming `what`."""
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except _DuplicateKey as exc:
+        raise EdgeADError(f"{what}: {exc}", "remove one of the two lines") from None
+    except yaml.YAMLError as exc:
+        raise EdgeADError(f"{what} is not valid YAML: {str(exc).splitlines()[0]}",
+                          "fix the YAML syntax (indentation, colons)") from None
+
+
 def read_yaml(path: str | Path, what: str, hint: str) -> Any:
     """A YAML file's content (None when empty); a missing file or bad syntax says so, naming `what`."""
     path = Path(path)
     if not path.is_file():
         raise EdgeADError(f"{what} not found: {path}", hint)
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise EdgeADError(f"{what} {path} is not valid YAML: {exc}".splitlines()[0],
-                          "fix the YAML syntax (indentation, colons)") from None
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise EdgeADError(f"cannot read {what} {path}: {getattr(exc, 'strerror', None) or exc}",
+                          "check the file and its permissions") from None
+    return safe_load(text, f"{what} {path}")
