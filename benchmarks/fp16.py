@@ -36,7 +36,7 @@ def main() -> None:
         if not (model_dir / "metadata.json").is_file() or not root.is_dir():
             continue
         engine = Path(args.out) / "engines" / model_dir.name
-        manifest = build_engine(model_dir, engine, max_batch=8, log=lambda s: None)
+        manifest = build_engine(model_dir, engine, max_batch=8, log=lambda s: None, overwrite=True)
         spec = PreprocessSpec.from_dict(manifest["preprocess"])
         samples = test_samples(root)
         x = np.stack([preprocess(read_image(s.path), spec) for s in samples])

@@ -27,7 +27,7 @@ import numpy as np
 from edgead.backends import load_detector
 from edgead.decide.record import build_record, write_record
 from edgead.decide.scoring import Scored, engine_info
-from edgead.demo.demo import conveyor
+from edgead.demo import conveyor
 from edgead.data.images import list_images, read_image
 from edgead.preprocess import preprocess
 from edgead.runtime.run import run
@@ -122,7 +122,8 @@ def main() -> None:
 
         engine = out / "engine"
         if not (args.tiny and (engine / "manifest.json").exists()):  # --tiny: reuse what an earlier run built
-            build_engine(args.model, engine, max_batch=args.batch or (4 if args.tiny else 8), log=lambda s: None)
+            build_engine(args.model, engine, max_batch=args.batch or (4 if args.tiny else 8), log=lambda s: None,
+                         overwrite=True)
     else:
         engine = Path(args.engine)
     detector = load_detector(engine, args.backend)

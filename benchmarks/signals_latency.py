@@ -3,7 +3,8 @@
 For each sink: N reject events, one every --gap-ms, each fired at once (delay_ms 0); the latency is
 from the `reject()` call to the peer receiving it: the pymodbus server decoding the coil write,
 the mosquitto subscriber getting the message, the HTTP server reading the POST, the bytes arriving
-at the pty master, the JSON line appearing in the file, the (fake) GPIO line being set. A second
+at the pty master, the JSON line appearing in the file, the (fake) GPIO line being set. mqtt and
+webhook go through their durable outbox (in a temporary folder), so its write is included. A second
 table checks the timing itself: pulses scheduled --delay-ms after capture, error of the on edge.
 
 Needs the signals extra and the mosquitto binary (the mqtt row is skipped without it):
@@ -100,7 +101,8 @@ def bench_mqtt(n: int, gap: float) -> list[float] | str:
     with tempfile.TemporaryDirectory() as tmp:
         broker = Broker(binary, Path(tmp))
         sub = Subscriber(broker.port, ["edgead/bench/events"], client_id="edgead-bench-sub")
-        sink = build_sink({"type": "mqtt", "host": LOOPBACK, "port": broker.port, "line": "bench", "qos": 1})
+        sink = build_sink({"type": "mqtt", "host": LOOPBACK, "port": broker.port, "line": "bench", "qos": 1},
+                          outbox_dir=Path(tmp) / "outbox")
         try:
             wait_for(lambda: sink.health().ok, 5)
             sent = drive(sink, n, gap)
@@ -115,13 +117,14 @@ def bench_mqtt(n: int, gap: float) -> list[float] | str:
 
 def bench_webhook(n: int, gap: float) -> list[float]:
     peer = HttpPeer()
-    sink = build_sink({"type": "webhook", "url": peer.url})
-    try:
-        sent = drive(sink, n, gap)
-        wait_for(lambda: len(peer.received) >= n, 10)
-    finally:
-        sink.close()
-        peer.close()
+    with tempfile.TemporaryDirectory() as tmp:
+        sink = build_sink({"type": "webhook", "url": peer.url}, outbox_dir=Path(tmp) / "outbox")
+        try:
+            sent = drive(sink, n, gap)
+            wait_for(lambda: len(peer.received) >= n, 10)
+        finally:
+            sink.close()
+            peer.close()
     got = {body["seq"]: t for t, body, _ in peer.received}
     return [(got[s] - sent[s]) * 1000 for s in sent if s in got]
 

@@ -75,7 +75,7 @@ def main() -> None:
     args = ap.parse_args()
     out = Path(args.out)
     engine = out / "engine"
-    build_engine(args.model, engine, max_batch=max(args.batches), log=lambda s: None)
+    build_engine(args.model, engine, max_batch=max(args.batches), log=lambda s: None, overwrite=True)
     cores = len(os.sched_getaffinity(0))
     dets = {"torch eager fp32": TorchDetector(args.model, max_batch=max(args.batches)),
             f"onnxruntime fp32 ({default_threads()} threads, the default)": load_detector(engine, "onnxruntime", "fp32"),

@@ -102,9 +102,9 @@ def cmd_build_engine(args: argparse.Namespace) -> int:
     if args.engine:
         from edgead.export.build import rebuild_tensorrt
 
-        if args.out or args.map_size or args.backend not in ("auto", "tensorrt"):
-            raise EdgeADError("--engine rebuilds TensorRT engines in that folder; --out, --map-size and --backend "
-                              "onnxruntime belong to --model", "drop them, or export again with --model")
+        if args.out or args.map_size or args.overwrite or args.backend not in ("auto", "tensorrt"):
+            raise EdgeADError("--engine rebuilds TensorRT engines in that folder; --out, --map-size, --overwrite and "
+                              "--backend onnxruntime belong to --model", "drop them, or export again with --model")
         rebuild_tensorrt(args.engine, precision=args.precision, max_batch=args.max_batch_given,
                          workspace_mib=args.workspace, dla_core=args.dla)
         return 0
@@ -113,7 +113,7 @@ def cmd_build_engine(args: argparse.Namespace) -> int:
     build_engine(args.model, args.out, backend=args.backend, precision=args.precision,
                  max_batch=8 if args.max_batch_given is None else args.max_batch_given,
                  workspace_mib=args.workspace, dla_core=args.dla,
-                 map_size=tuple(args.map_size) if args.map_size else None)
+                 map_size=tuple(args.map_size) if args.map_size else None, overwrite=args.overwrite)
     return 0
 
 
@@ -146,7 +146,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         raise EdgeADError("--force only applies to --check", "drop --force")
     calibrate(args.engine, args.good, args.defects, 0.001 if args.target_frr is None else args.target_frr,
               args.method or "auto", args.out, args.backend or "auto", args.precision, args.skip_bad,
-              args.min_defect_area, args.mm_per_px)
+              args.min_defect_area, args.mm_per_px, overwrite=args.overwrite)
     return 0
 
 
@@ -182,6 +182,14 @@ def cmd_signals_test(args: argparse.Namespace) -> int:
     return signals_test(args.config)
 
 
+def cmd_alarm_ack(args: argparse.Namespace) -> int:
+    from edgead.runtime.http import ack_alarms
+
+    acked = ack_alarms(args.url, args.key, args.token)
+    print(f"acknowledged: {', '.join(acked)}" if acked else "no active alarm to acknowledge")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line; each verb's options live in its own `_add_<verb>`."""
     parser = argparse.ArgumentParser(prog="edgead", description="Anomaly detection for factory cameras: "
@@ -189,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"edgead {__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     for add in (_add_synth, _add_train, _add_eval, _add_build_engine, _add_bench, _add_calibrate, _add_run,
-                _add_signals, _add_demo):
+                _add_signals, _add_alarm, _add_demo):
         add(sub)
     return parser
 
@@ -240,6 +248,7 @@ def _add_build_engine(sub: _Subparsers) -> None:
     src.add_argument("--engine", help="engine folder exported elsewhere: build its TensorRT engines on this device "
                      "(a Jetson), no torch needed")
     p.add_argument("--out", help="engine folder (default: engines/<model name>)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing engine folder in --out")
     p.add_argument("--backend", choices=["auto", *BACKENDS], default="auto",
                    help="auto: TensorRT where usable, else ONNX Runtime")
     p.add_argument("--precision", choices=list(PRECISIONS), default="fp16", help="TensorRT precision")
@@ -284,7 +293,9 @@ def _add_calibrate(sub: _Subparsers) -> None:
                    "source-image pixels (mm^2 with --mm-per-px) of the anomaly map exceed a calibrated pixel threshold")
     p.add_argument("--mm-per-px", type=float, metavar="X", help="size of one source-image pixel in mm")
     p.add_argument("--check", metavar="RECORD", help="drift check: re-score --good against this record; exit 3 on drift")
-    p.add_argument("--force", action="store_true", help="--check with a record from another engine (unsafe)")
+    p.add_argument("--force", action="store_true",
+                   help="--check with a record from another engine, or an edited or unverifiable one (unsafe, warned)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing record at --out")
     p.set_defaults(func=cmd_calibrate)
 
 
@@ -308,7 +319,9 @@ def _add_run(sub: _Subparsers) -> None:
     p.add_argument("--record", metavar="DIR", help="write the event log and reject images under DIR/<start time>/")
     p.add_argument("--http", metavar="[HOST:]PORT", help="live view, /health and /metrics (a bare port binds 127.0.0.1)")
     p.add_argument("--max-frames", type=int, help="stop after this many frames")
-    p.add_argument("--force", action="store_true", help="use a calibration made with another engine (unsafe, warned)")
+    p.add_argument("--force", action="store_true",
+                   help="use a calibration made with another engine, or an edited or unverifiable one (unsafe, warned, "
+                        "recorded in run.json)")
     p.add_argument("--allow-degraded", action="store_true", help="start even when an output is unreachable")
     p.add_argument("--backend", choices=["auto", *BACKENDS])
     p.add_argument("--precision", choices=list(PRECISIONS))
@@ -323,6 +336,16 @@ def _add_signals(sub: _Subparsers) -> None:
                                "exit 0 only when every output answered")
     q.add_argument("--config", required=True, help="run YAML with an `outputs:` list")
     q.set_defaults(func=cmd_signals_test)
+
+
+def _add_alarm(sub: _Subparsers) -> None:
+    p = sub.add_parser("alarm", help="the running line's alarms: `edgead alarm ack --url 127.0.0.1:8080`")
+    alarm_sub = p.add_subparsers(dest="alarm_verb", metavar="ACTION", required=True)
+    q = alarm_sub.add_parser("ack", help="acknowledge active alarms on a running `edgead run --http ...`")
+    q.add_argument("--url", required=True, help="the run's live view: HOST:PORT or http://HOST:PORT")
+    q.add_argument("--key", help="only this alarm (as listed by /health); default: all")
+    q.add_argument("--token", help="http.token of the run config (needed from another machine)")
+    q.set_defaults(func=cmd_alarm_ack)
 
 
 def _add_demo(sub: _Subparsers) -> None:

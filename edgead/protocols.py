@@ -43,6 +43,9 @@ class FrameSource(Protocol):
 
     def close(self) -> None: ...
 
+    def accounting(self) -> dict[str, Any] | None:
+        """A recording's frames: {"expected", "read", "unreadable", "skipped", "ended_early", "passes"}; None when live."""
+
 
 @runtime_checkable
 class Detector(Protocol):

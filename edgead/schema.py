@@ -73,7 +73,7 @@ def _describe(hint: Any) -> str:
         return " or ".join(_describe(h) for h in get_args(hint))
     if origin is tuple and get_args(hint) and Ellipsis not in get_args(hint):
         return f"a list of {len(get_args(hint))} ({_describe(get_args(hint)[0])} each)"
-    return {type(None): "null", bool: "true or false", int: "a whole number", float: "a number", str: "text",
+    return {type(None): "null", bool: "true or false", int: "a whole number", float: "a finite number", str: "text",
             list: "a list", dict: "a mapping", tuple: "a list"}.get(origin or hint, getattr(hint, "__name__", str(hint)))
 
 

@@ -151,12 +151,12 @@ def viky() -> Path:
 
 
 def write_video(path: Path, fourcc: str, n: int = 12, size: tuple[int, int] = (64, 48), fps: float = 10.0) -> Path:
-    """A video whose frame i is flat gray 20*i (its order survives lossy codecs)."""
+    """A video whose frame i is flat gray 20*i mod 256 (for n <= 13 its order survives lossy codecs)."""
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, size)
     if not writer.isOpened():
         pytest.skip(f"this OpenCV build cannot write {fourcc} to {path.suffix}")
     for i in range(n):
-        writer.write(np.full((size[1], size[0], 3), 20 * i, np.uint8))
+        writer.write(np.full((size[1], size[0], 3), (20 * i) % 256, np.uint8))
     writer.release()
     return path
 

@@ -75,3 +75,9 @@ def tiny_model(tmp_path_factory, tiny_product) -> Path:
     cfg = load_config("edge", overrides={"input": TINY, "train": {"epochs": 2, "batch_size": 4, "val_fraction": 0.2}})
     train(tiny_product / "train" / "good", out, cfg, progress=False, log=lambda s: None)
     return out
+
+
+@pytest.fixture(autouse=True)
+def _state_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Outboxes and other state go to a temporary folder, never to the real ~/.local/state/edgead."""
+    monkeypatch.setenv("EDGEAD_STATE_DIR", str(tmp_path_factory.mktemp("state")))

@@ -59,6 +59,14 @@ def port_open(port: int) -> bool:
         return False
 
 
+@pytest.fixture
+def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """$EDGEAD_STATE_DIR in the test's own folder: an output's default outbox never lands in the real home."""
+    d = tmp_path / "state"
+    monkeypatch.setenv("EDGEAD_STATE_DIR", str(d))
+    return d
+
+
 # ---------------------------------------------------------------- fakes
 
 

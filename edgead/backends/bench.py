@@ -62,7 +62,8 @@ def available_detectors(engine_dir: Path, manifest: dict[str, Any],
             from edgead.backends.reference import TorchDetector
         except ImportError:
             return out
-        out["torch/fp32"] = lambda: TorchDetector(model_dir, max_batch=int(manifest["max_batch"]))
+        batch = max(int(e["max_batch"]) for e in manifest["engines"])
+        out["torch/fp32"] = lambda: TorchDetector(model_dir, max_batch=batch)
     return out
 
 
@@ -73,7 +74,6 @@ def bench(engine_dir: str | Path, *, batches: list[int] | None = None, iters: in
     engine_dir = Path(engine_dir)
     manifest = read_manifest(engine_dir)
     spec = preprocess_spec(manifest)
-    batches = batches or sorted({1, int(manifest["max_batch"])})
     frame_hw = (spec.height * 2, spec.width * 2)       # a camera frame larger than the model input
     dets = available_detectors(engine_dir, manifest, with_torch)
     if backends:
@@ -84,7 +84,7 @@ def bench(engine_dir: str | Path, *, batches: list[int] | None = None, iters: in
     rows = []
     for name, factory in dets.items():
         det = factory()
-        for b in batches:
+        for b in batches or sorted({1, int(det.max_batch)}):
             for pre in (False, True):
                 stats = time_detector(det, spec, b, iters, warmup, frame_hw, pre)
                 rows.append({"backend": name, "batch": b, "preprocess": pre, **stats})

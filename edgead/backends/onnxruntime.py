@@ -68,7 +68,7 @@ class OrtDetector:
         ort = _import_ort()
         self.precision = entry["precision"]
         self.fingerprint = entry["fingerprint"]
-        self.max_batch = int(manifest["max_batch"])
+        self.max_batch = int(entry["max_batch"])
         self.input_shape = tuple(manifest["input"]["shape"][1:])
         self.feature_names: list[str] = manifest["feature_names"]
         self.providers = choose_providers(providers)

@@ -175,7 +175,7 @@ class TensorRTDetector:
                     "student": {"image": True, **{f: True for f in self.feature_names}, "map": False, "score": False}}
         check_device(entry, manifest)
         try:
-            self._open(Path(engine_dir), entry, int(manifest["max_batch"]))
+            self._open(Path(engine_dir), entry, int(entry["max_batch"]))
         except BaseException:
             self.close()
             raise

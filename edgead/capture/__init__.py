@@ -4,7 +4,8 @@ The run loop needs one import for every kind of source, so the public names are 
 work is in the modules: spec.py (spec string -> source), opencv.py (USB cameras, streams, GStreamer,
 video files), replay.py (image folders), gige.py (GigE Vision via Aravis), genicam.py (GenTL via
 Harvesters), reconnect.py (surviving an unplugged camera), frames.py (stamping and numbering frames),
-pixels.py (raw buffers to images) and config.py (the `camera:` YAML section).
+accounting.py (a recording's frames promised, read, unreadable and skipped), pixels.py (raw buffers
+to images) and config.py (the `camera:` YAML section).
 
 Edge path: numpy + OpenCV, no torch. Aravis and Harvesters are imported only when a gige: or
 genicam: source is opened. Wrap a live camera in ReconnectingSource to survive unplugging.

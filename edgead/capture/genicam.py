@@ -67,6 +67,10 @@ class GenICamSource:
         self._ids = FrameIds()          # kept across reopens: ids that go on tell what was lost
         self.config.check_supported(self.name, self.SUPPORTED, live=True)
 
+    def accounting(self) -> dict[str, Any] | None:
+        """None: a live camera promises no number of frames (lost ones show as seq gaps)."""
+        return None
+
     def open(self) -> None:
         if self._acquirer is not None:
             return

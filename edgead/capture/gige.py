@@ -122,6 +122,10 @@ class GigESource:
         self._last_probe = 0.0
         self.config.check_supported(self.name, self.SUPPORTED, live=True)
 
+    def accounting(self) -> dict[str, Any] | None:
+        """None: a live camera promises no number of frames (lost ones show as seq gaps)."""
+        return None
+
     # --- open / close -----------------------------------------------------------------------------
 
     def open(self) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import glob
 import logging
+import math
 import re
 import time
 from pathlib import Path
@@ -18,6 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 import cv2
 import numpy as np
 
+from edgead.capture.accounting import FrameAccount
 from edgead.capture.config import CameraConfig
 from edgead.capture.frames import Pacer, make_frame
 from edgead.errors import EdgeADError
@@ -82,6 +84,10 @@ class OpenCVCamera:
         supported = set() if self.kind == "gst" else \
             self.SUPPORTED if self.kind == "device" else {"timeout_ms"}
         self.config.check_supported(self.name, supported, live=True)
+
+    def accounting(self) -> dict[str, Any] | None:
+        """None: a live camera or stream promises no number of frames (losses show as seq gaps)."""
+        return None
 
     def open(self) -> None:
         if self._cap is not None:
@@ -169,25 +175,38 @@ class VideoFileSource:
 
     camera.frame_rate paces playback (default: as fast as read() is called); camera.loop starts
     again after the last frame. meta has the file, frame_index, pass and the video's pos_ms.
+    `accounting()` says how many frames the container promised, were read and could not be read: a
+    failed read before the container's last frame is not the end: the reader goes on past it, and
+    the frames it could not decode, and those between the last one read and the container's end,
+    count as unreadable, so read + unreadable == expected when the container knows its count.
     """
 
     SUPPORTED = {"frame_rate", "loop"}
+    PLAIN_RETRIES = 1024    # failed reads in a row before a damaged file is given up
     live: bool = False      # a recording: ReconnectingSource passes its errors through
 
     def __init__(self, path: str | Path, *, config: CameraConfig | None = None, loop: bool | None = None,
-                 fps: float | None = None, sleep: Callable[[float], None] = time.sleep) -> None:
+                 fps: float | None = None, sleep: Callable[[float], None] = time.sleep,
+                 capture_factory: CaptureFactory = cv2.VideoCapture) -> None:
         self.path = Path(path)
         self.config = config or CameraConfig()
         self.loop = self.config.loop if loop is None else loop
         self.fps = self.config.frame_rate if fps is None else fps
         self.name: str = f"video:{self.path}"
         self._pacer = Pacer(self.fps, sleep)
+        self._factory = capture_factory
         self._cap: Any = None
         self._seq = 0
-        self._index = 0
+        self._index = 0             # the container's index of the next frame
         self._pass = 0
+        self._pass_read = 0         # frames handed out in this pass
+        self._file_fps = 0.0
+        self._account = FrameAccount()
         self.finished: bool = False
         self.config.check_supported(self.name, self.SUPPORTED, live=False)
+
+    def accounting(self) -> dict[str, Any] | None:
+        return self._account.as_dict()
 
     def open(self) -> None:
         if self._cap is not None:
@@ -195,12 +214,16 @@ class VideoFileSource:
         if not self.path.is_file():
             raise EdgeADError(f"video file not found: {self.path}", "check the path")
         self._cap = self._capture()
-        self._seq = self._index = self._pass = 0
+        count = float(self._cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        self._account = FrameAccount(expected=int(count) if math.isfinite(count) and count >= 1 else None,
+                                     passes=1)
+        self._file_fps = float(self._cap.get(cv2.CAP_PROP_FPS) or 0)
+        self._seq = self._index = self._pass = self._pass_read = 0
         self._pacer.reset()
         self.finished = False
 
     def _capture(self) -> Any:
-        cap = cv2.VideoCapture(str(self.path))
+        cap = self._factory(str(self.path))
         if not cap.isOpened():
             cap.release()
             raise EdgeADError(f"cannot open video file {self.path}: not a video, or its codec is not in "
@@ -214,14 +237,17 @@ class VideoFileSource:
             raise EdgeADError(f"{self.name} is not open", "call open() first")
         if not self._pacer.wait(self._seq, timeout_s):
             return None
-        ok, image = self._cap.read()
-        if not ok and self.loop and self._index > 0:
+        image = self._next_image()
+        if image is None and self.loop and self._pass_read > 0:
+            self._end_of_pass()
             self._cap.release()
             self._cap = self._capture()
-            self._index, self._pass = 0, self._pass + 1
-            ok, image = self._cap.read()
-        if not ok or image is None:
-            self.finished = True
+            self._index, self._pass, self._pass_read = 0, self._pass + 1, 0
+            self._account.passes += 1
+            image = self._next_image()
+        if image is None:
+            self._end_of_pass()
+            self.finished = self._account.finished = True
             log.info("%s: end of file after %d frames", self.name, self._seq)
             return None
         meta = {"file": str(self.path), "frame_index": self._index, "pass": self._pass,
@@ -229,7 +255,65 @@ class VideoFileSource:
         frame = make_frame(_rgb(image), self._seq, self.name, meta=meta)
         self._seq += 1
         self._index += 1
+        self._pass_read += 1
+        self._account.read += 1
         return frame
+
+    def _end_of_pass(self) -> None:
+        """The pass is over: the frames between the last one read and the container's end are lost."""
+        expected = self._account.expected
+        if expected is not None and self._index < expected:
+            lost = expected - self._index
+            self._account.unreadable += lost
+            log.warning("%s: the file ended at frame %d of the %d its container lists: %d frame(s) could "
+                        "not be read (truncated or damaged file)", self.name, self._index, expected, lost)
+            self._index = expected
+
+    def _next_image(self) -> np.ndarray | None:
+        ok, image = self._cap.read()
+        if ok and image is not None:
+            return image
+        return self._read_past_failure()
+
+    def _read_past_failure(self) -> np.ndarray | None:
+        """A read failed at self._index: read on past the bad frames when the container has more.
+
+        A damaged frame costs a failed read and the demuxer carries on after it, so plain reads go
+        on, up to PLAIN_RETRIES failures in a row (or the frames the container has left). Seeking
+        ahead is not tried: where frames vanished unnoticed before, a seek lands on frames already
+        handed out and they would be inspected twice; the frames never reached count as unreadable.
+        """
+        expected = self._account.expected
+        if expected is not None and self._index >= expected:
+            return None                                       # the normal end
+        remaining = expected - self._index if expected is not None else self.PLAIN_RETRIES
+        for failed in range(1, min(remaining, self.PLAIN_RETRIES)):
+            ok, image = self._cap.read()
+            if ok and image is not None:
+                return self._resync(image, self._index + failed)
+        return None
+
+    def _resync(self, image: np.ndarray, guess: int) -> np.ndarray:
+        """A frame decoded again after failed reads: its index from its timestamp (else `guess`, one
+        frame per failed read); the frames between the last one handed out and it are unreadable."""
+        at = self._position()
+        index = at if at is not None and at >= self._index else guess
+        if self._account.expected is not None:
+            index = min(index, self._account.expected - 1)
+        lost = max(index - self._index, 0)
+        self._account.unreadable += lost
+        if lost:
+            log.warning("%s: %d frame(s) from frame %d could not be decoded; reading on at frame %d",
+                        self.name, lost, self._index, index)
+        self._index = index
+        return image
+
+    def _position(self) -> int | None:
+        """The container's index of the frame just read, from its timestamp (None when unknown)."""
+        ms = float(self._cap.get(cv2.CAP_PROP_POS_MSEC) or 0)
+        if self._file_fps <= 0 or not math.isfinite(ms) or ms < 0:
+            return None
+        return int(round(ms * self._file_fps / 1000.0))
 
     def close(self) -> None:
         if self._cap is not None:

@@ -13,7 +13,7 @@ import dataclasses
 import logging
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 from edgead.errors import EdgeADError
 from edgead.protocols import Frame, FrameSource
@@ -76,6 +76,10 @@ class ReconnectingSource:
     def finished(self) -> bool:
         """A recording that ended (video file, image folder); never true for a live camera."""
         return self.source.finished
+
+    def accounting(self) -> dict[str, Any] | None:
+        """The wrapped source's: a recording's frame counts, None for a live camera."""
+        return self.source.accounting()
 
     def open(self) -> None:
         """First open (a no-op for a source open_source already opened): errors propagate, so a wrong

@@ -2,8 +2,9 @@
 
 Images go out in name order (zero-pad numbered names: frame_0010 after frame_0009), optionally at
 camera.frame_rate, and `finished` turns True after the last one (camera.loop starts again). An
-unreadable image stops the replay with an EdgeADError naming the file, or with camera.skip_bad it
-is logged, counted in `skipped`, and the next image follows.
+unreadable image stops the replay with an EdgeADError naming the file (and counts as unreadable), or
+with camera.skip_bad it is logged, counted in `skipped`, listed by name in `accounting()`, and the
+next image follows.
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
+from edgead.capture.accounting import FrameAccount
 from edgead.capture.config import CameraConfig
 from edgead.capture.frames import Pacer, make_frame
 from edgead.data.images import IMAGE_EXTENSIONS, list_images, read_image
@@ -37,8 +39,9 @@ class ReplaySource:
         self.loop = self.config.loop if loop is None else loop
         self.skip_bad = self.config.skip_bad if skip_bad is None else skip_bad
         self.name: str = f"replay:{self.folder}"
-        self.skipped = 0
+        self.skipped = 0            # images skipped (each time, through loops)
         self.finished: bool = False
+        self._account = FrameAccount()
         self._pacer = Pacer(self.fps, sleep)
         self._files: list[Path] | None = None
         self._next = 0
@@ -54,6 +57,7 @@ class ReplaySource:
             raise EdgeADError(f"no images in {self.folder}",
                               f"put {', '.join(IMAGE_EXTENSIONS)} files directly in the folder (subfolders are not read)")
         self._files, self._next, self._seq, self._pass = files, 0, 0, 0
+        self._account = FrameAccount(expected=len(files), passes=1)
         self.finished = False
         self._pacer.reset()
 
@@ -68,10 +72,11 @@ class ReplaySource:
         while True:
             if self._next >= len(self._files):
                 if not self.loop or bad_in_a_row >= len(self._files):
-                    self.finished = True
+                    self.finished = self._account.finished = True
                     log.info("%s: replay finished after %d frames (%d skipped)", self.name, self._seq, self.skipped)
                     return None
                 self._next, self._pass = 0, self._pass + 1
+                self._account.passes += 1
             path = self._files[self._next]
             index = self._next
             self._next += 1
@@ -79,16 +84,22 @@ class ReplaySource:
                 image = read_image(path)
             except EdgeADError as e:
                 if not self.skip_bad:
+                    self._account.unreadable += 1
                     raise EdgeADError(f"replay stopped at {path.name}: {e.message}",
                                       "fix or remove the file, or set camera.skip_bad: true") from e
                 self.skipped += 1
+                self._account.skip(path.name)
                 bad_in_a_row += 1
                 log.warning("%s: skipped unreadable %s (%s)", self.name, path.name, e.message)
                 continue
             frame = make_frame(image, self._seq, self.name,
                                meta={"file": str(path), "index": index, "pass": self._pass})
             self._seq += 1
+            self._account.read += 1
             return frame
+
+    def accounting(self) -> dict[str, Any] | None:
+        return self._account.as_dict()
 
     def close(self) -> None:
         self._files = None

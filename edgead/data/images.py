@@ -77,13 +77,34 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
     )
 
 
+def check_size(image: np.ndarray, path: str | os.PathLike, spec: PreprocessSpec, min_side: int) -> None:
+    """Refuse an image whose region used (its ROI, else the whole image) is below `min_side` pixels a side.
+
+    Training passes the smallest input the model accepts (`ModelConfig.min_input_size`: the backbones'
+    largest stride in the presets): such an image has fewer pixels than one cell of the deepest feature
+    map, so resizing it to the input invents every feature the students would learn from.
+    """
+    h, w = (spec.roi[3], spec.roi[2]) if spec.roi is not None else image.shape[:2]
+    if min(h, w) < min_side:
+        raise EdgeADError(f"image {Path(path)} is {w}x{h} pixels, smaller than the {min_side}x{min_side} "
+                          f"the model needs (its input is {spec.width}x{spec.height})",
+                          "use the camera's full-size images")
+
+
+def load_image(path: str | os.PathLike, spec: PreprocessSpec, min_side: int = 1) -> np.ndarray:
+    """Read, check the size of and preprocess one image -> float32 (3, height, width)."""
+    image = read_image(path)
+    check_size(image, path, spec, min_side)
+    return preprocess(image, spec)
+
+
 def load_batch(
-    paths: Iterable[str | os.PathLike], spec: PreprocessSpec, skip_bad: bool = False
+    paths: Iterable[str | os.PathLike], spec: PreprocessSpec, skip_bad: bool = False, min_side: int = 1
 ) -> tuple[np.ndarray, list[Path], list[Path]]:
     """Read and preprocess images -> (float32 NCHW, kept paths, bad paths).
 
-    Without `skip_bad` the first unreadable image raises; with it, bad images are
-    logged and left out so one broken file does not stop a 5,000-image training run.
+    Without `skip_bad` the first unreadable image (or one below `min_side`, see `check_size`) raises;
+    with it, bad images are logged and left out so one broken file does not stop a 5,000-image training run.
     """
     arrays: list[np.ndarray] = []
     kept: list[Path] = []
@@ -91,7 +112,7 @@ def load_batch(
     for path in paths:
         p = Path(path)
         try:
-            arrays.append(preprocess(read_image(p), spec))
+            arrays.append(load_image(p, spec, min_side))
         except EdgeADError as e:
             if not skip_bad:
                 msg = e.message if str(p) in e.message else f"{p}: {e.message}"

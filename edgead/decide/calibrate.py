@@ -14,7 +14,7 @@ from typing import Any
 from edgead.data.images import list_images, read_image
 from edgead.data.mvtec import good_images, is_mvtec_root, test_samples
 from edgead.decide import thresholds as T
-from edgead.decide.record import build_record, write_record, yaml_path
+from edgead.decide.record import build_record, check_out, write_record
 from edgead.decide.scoring import Scored, engine_info, score_images, source_hw
 from edgead.decide.text import Log, pct, stderr
 from edgead.errors import EdgeADError
@@ -80,8 +80,12 @@ def calibrate(engine: str | Path, good: str | Path, defects: str | Path | None =
               method: str = "auto", out: str | Path | None = None, backend: str = "auto",
               precision: str | None = None, skip_bad: bool = False, min_defect_area: float | None = None,
               mm_per_px: float | None = None, refits: int = 200, log: Log = print,
-              warn: Log = stderr) -> tuple[dict[str, Any], Path]:
-    """Score the folders with the engine, calibrate, write the record and its files; (record, yaml path)."""
+              warn: Log = stderr, overwrite: bool = False) -> tuple[dict[str, Any], Path]:
+    """Score the folders with the engine, calibrate, write the record and its files; (record, yaml path).
+
+    An existing record (or its figure or table) at `out` is replaced only with `overwrite`; a path that
+    cannot be written is refused before any image is scored.
+    """
     from edgead.backends import load_detector  # at call time: a patched edgead.backends.load_detector is used
 
     target = T.check_target(target_frr)
@@ -89,7 +93,7 @@ def calibrate(engine: str | Path, good: str | Path, defects: str | Path | None =
     good_list, good_dir, notes = good_paths(good)
     T.choose_method(len(good_list), target, method)  # too few images: fail before loading the engine
     bad_list = defect_paths(defects) if defects is not None else []
-    out = yaml_path(out if out is not None else Path("calibration") / f"{Path(engine).resolve().name}.yaml")
+    out = check_out(out if out is not None else Path("calibration") / f"{Path(engine).resolve().name}.yaml", overwrite)
     detector = load_detector(engine, backend, precision)
     spec, info = engine_info(engine, detector)
 
@@ -109,7 +113,7 @@ def calibrate(engine: str | Path, good: str | Path, defects: str | Path | None =
         _one_image_size(g, d)
     folders = (str(good_dir), str(defects) if defects is not None else None)
     record = build_record(g, d, target, method, info, folders, area, notes, refits)
-    path = write_record(record, out, g.decision, d.decision if d else None)
+    path = write_record(record, out, g.decision, d.decision if d else None, overwrite=overwrite)
     for w in record["warnings"]:
         warn(f"WARNING: {w}")
     log(summary(record, path))

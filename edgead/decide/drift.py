@@ -14,7 +14,7 @@ import numpy as np
 
 from edgead.data.mvtec import good_images
 from edgead.decide import thresholds as T
-from edgead.decide.record import load_calibration, read_calibration
+from edgead.decide.record import check_engine, read_calibration
 from edgead.decide.scoring import engine_info, score_images
 from edgead.decide.text import Log, pct, stderr
 from edgead.errors import EdgeADError
@@ -29,14 +29,15 @@ def check_drift(record_path: str | Path, good: str | Path, engine: str | Path | 
     """Re-score fresh good parts; is their false-reject rate still the calibrated one? (report['drift'])"""
     from edgead.backends import load_detector  # at call time: a patched edgead.backends.load_detector is used
 
-    eng = read_calibration(record_path)["engine"]
+    rec = read_calibration(record_path, force)  # an edited or implausible record: refused, or forced loudly
+    eng = rec["engine"]
     engine_dir = Path(engine) if engine is not None else Path(eng["path"])
     if engine is None and not engine_dir.is_dir():
         raise EdgeADError(f"the record's engine folder {engine_dir} is not found",
                           "pass --engine engines/NAME (the engine the record was calibrated with)")
     paths = good_images(good, min_count=CHECK_MIN_IMAGES)
     detector = load_detector(engine_dir, backend or eng["backend"], precision or eng["precision"])
-    rec = load_calibration(record_path, detector, force)
+    check_engine(rec, record_path, detector, force)
     spec, _ = engine_info(engine_dir, detector)
     area = rec["area"]
     scored = score_images(detector, spec, paths, area["min_area_px"] if area else None, skip_bad, warn)
@@ -47,7 +48,7 @@ def check_drift(record_path: str | Path, good: str | Path, engine: str | Path | 
     r, t = (area, area["pixel_threshold"]) if area else (rec, rec["threshold"])
     rejects = int((~(scored.decision <= t)).sum())
     report = T.drift_test(rejects, n, r["expected_frr"], r["expected_frr_interval"])
-    report.update(record=str(record_path), folder=str(good), forced=rec["forced"],
+    report.update(record=str(record_path), folder=str(good), forced=rec["forced"], forced_reason=rec["forced_reason"],
                   median_score=float(np.median(scored.scores)), calibration_median=rec["good"]["scores"]["p50"])
     if area and scored.sizes and scored.sizes != {tuple(area["source_size"])}:
         warn(f"WARNING: these images are {', '.join(f'{w}x{h}' for h, w in sorted(scored.sizes))}, the calibration "

@@ -13,6 +13,15 @@ Two ways to turn good scores into a threshold for a target FRR `a`:
   the tail is extrapolated to `a`. Needs n >= 50 and a >= 1 / (100 n): no more than 100x
   beyond what the sample can resolve. Interval: percentiles of bootstrap refits.
 
+The EVT guard (`evt_problem`): a fit is not used when its shape is below -0.5 (the tail looks
+bounded at about the sample maximum: the maximum-likelihood fit is not regular there and cannot
+extrapolate past the sample), when the GPD does not fit the excesses (Anderson-Darling A^2 > 2.5),
+when more calibration images lie above the threshold than the fitted tail allows, or when the
+threshold is implausible against the good-score statistics (`implausible`). Then the empirical
+quantile is used if its expected false-reject rate, (k + 1) / (n + 1) for the order statistic with
+k = floor(n * a) images above it, is at most 2x the target; else calibration is refused with the
+number of images needed. Settings chosen on synthetic draws: `benchmarks/calibration.py --evt-guard`.
+
 Edge path: numpy and scipy only.
 """
 
@@ -24,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from edgead.decide.text import pct
 from edgead.errors import EdgeADError
 
 METHODS = ("auto", "quantile", "evt")
@@ -35,6 +45,19 @@ EVT_MAX_EXTRAPOLATION = 100    # evt: target >= 1 / (100 n)
 EVT_TAIL_FRACTION = 0.10
 EVT_MIN_TAIL, EVT_MAX_TAIL = 20, 1000
 _EPS = 1e-9                    # float slack for n * target (e.g. 1000 * 0.001)
+# The EVT guard (`benchmarks/calibration.py --evt-guard`). At 10x extrapolation, fits with a shape below
+# -0.5 (normal, gamma, exponential, bounded and clustered scores, 50..1000 images) put the threshold's true
+# false-reject rate at a median 7-50x the target, against 1.3-4.5x for the fits kept. On true GPD draws
+# (shape -0.5..1, 20..1000 tail points) an in-range fit has A^2 above 2.5 in under 0.5 % of draws (99th
+# percentile 1.0-1.7); a cluster among the top scores (3 % of parts 5 sd up, n = 1000) exceeds it in most.
+EVT_MIN_SHAPE = -0.5
+EVT_MAX_AD = 2.5
+FALLBACK_MAX_EXCESS = 2.0      # quantile fallback: expected FRR (k + 1) / (n + 1) at most 2x the target
+# Plausibility against the good-score statistics; a spread is (largest - median) good score. Honest EVT
+# fits land below 2 spreads above the largest score for light tails, 10-300 for shapes near 1/3 and up to
+# about 10^4 for shape 1 at 100x extrapolation: beyond 1000 the threshold passes practically every part.
+HEAVY_TAIL_SPREADS = 1.0       # warn: an EVT threshold this far above the largest good score, heavy tail
+MAX_SPREADS = 1000.0           # refuse: a threshold this far above the largest good score
 
 
 @dataclass(frozen=True)
@@ -50,12 +73,14 @@ class ThresholdResult:
     interval_method: str
     rejects: int               # calibration images scoring above the threshold
     n: int
-    evt: dict[str, Any] | None  # tail_threshold, tail_points, shape, scale, bootstrap_refits
+    evt: dict[str, Any] | None  # tail_threshold, tail_points, shape, scale, anderson_darling, bootstrap_refits
+    notes: tuple[str, ...] = ()  # warnings for the record (an EVT fit not used, a heavy tail)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["expected_frr_interval"] = [float(v) for v in self.expected_frr_interval]
         d.pop("n")
+        d.pop("notes")
         return d
 
 
@@ -129,6 +154,16 @@ def quantile_threshold(scores: Any, target: float) -> float:
     return float(s[s.size - allowed_rejects(s.size, target) - 1])
 
 
+def anderson_darling(excess: np.ndarray, shape: float, scale: float) -> float:
+    """A^2 of the excesses against the fitted GPD: weighs the top of the tail, where the threshold lies."""
+    from scipy.stats import genpareto
+
+    x = np.sort(np.asarray(excess, dtype=np.float64))
+    f = np.clip(genpareto.cdf(x, shape, 0, scale), 1e-12, 1 - 1e-12)
+    i = np.arange(1, x.size + 1)
+    return float(-x.size - np.mean((2 * i - 1) * (np.log(f) + np.log1p(-f[::-1]))))
+
+
 def evt_fit(scores: Any) -> dict[str, Any]:
     """Generalised Pareto fit (loc 0) to the excesses over the top-10 % score (20..1000 tail points)."""
     from scipy.stats import genpareto
@@ -143,7 +178,8 @@ def evt_fit(scores: Any) -> dict[str, Any]:
                           "the engine gives (nearly) constant scores; check the engine and the images")
     shape, _, scale = genpareto.fit(excess, floc=0)
     return {"tail_threshold": u, "tail_points": int(excess.size), "tail_rate": excess.size / s.size,
-            "shape": float(shape), "scale": float(scale)}
+            "shape": float(shape), "scale": float(scale),
+            "anderson_darling": anderson_darling(excess, float(shape), float(scale))}
 
 
 def evt_threshold(fit: dict[str, Any], target: float) -> float:
@@ -196,21 +232,139 @@ def _bootstrap_interval(s: np.ndarray, threshold: float, refits: int, seed: int)
 
 def calibrate_threshold(scores: Any, target: float, method: str = "auto", refits: int = 200,
                         seed: int = 0) -> ThresholdResult:
-    """Threshold for a target FRR from good-part scores only, with its expected FRR and interval."""
+    """Threshold for a target FRR from good-part scores only, with its expected FRR and interval.
+
+    An EVT fit the guard does not accept (`evt_problem`) falls back to the quantile with a note, or is
+    refused when the quantile cannot meet the target either (`quantile_fallback`).
+    """
     s = _scores(scores)
     chosen, why = choose_method(s.size, target, method)
     if chosen == "quantile":
-        t = quantile_threshold(s, target)
-        k = int((s > t).sum())
-        return ThresholdResult(t, chosen, why, float(target), k / s.size, clopper_pearson(k, s.size),
-                               f"Clopper-Pearson {CONFIDENCE:.0%} on the calibration rejects", k, s.size, None)
+        return _quantile_result(s, target, why)
     fit = evt_fit(s)
     t = evt_threshold(fit, target)
+    problem = evt_problem(s, fit, t, target)
+    if problem is not None:
+        return quantile_fallback(s, target, problem, requested=method == "evt")
     k = int((s > t).sum())
     interval = _bootstrap_interval(s, t, refits, seed)
     fit = {**fit, "bootstrap_refits": refits}
+    notes = tuple(w for w in [heavy_tail_note(s, fit, t, target)] if w)
     return ThresholdResult(t, chosen, why, float(target), evt_rate(fit, t), interval,
-                           f"{CONFIDENCE:.0%} percentile interval of {refits} bootstrap refits", k, s.size, fit)
+                           f"{CONFIDENCE:.0%} percentile interval of {refits} bootstrap refits", k, s.size, fit, notes)
+
+
+def _quantile_result(s: np.ndarray, target: float, why: str, notes: tuple[str, ...] = ()) -> ThresholdResult:
+    t = quantile_threshold(s, target)
+    k = int((s > t).sum())
+    return ThresholdResult(t, "quantile", why, float(target), k / s.size, clopper_pearson(k, s.size),
+                           f"Clopper-Pearson {CONFIDENCE:.0%} on the calibration rejects", k, s.size, None, notes)
+
+
+# ---------------------------------------------------------------- the EVT guard
+
+
+def evt_problem(s: np.ndarray, fit: dict[str, Any], t: float, target: float) -> str | None:
+    """Why this EVT fit must not set the threshold (None: it may). See the module docstring."""
+    if fit["shape"] < EVT_MIN_SHAPE:
+        return (f"the fitted tail shape is {fit['shape']:.3g}, below {EVT_MIN_SHAPE}: the tail looks bounded at "
+                "about the largest good score, where the fit is unreliable and cannot extrapolate past the sample")
+    if fit["anderson_darling"] > EVT_MAX_AD:
+        return (f"the generalised Pareto law does not fit the top {fit['tail_points']} scores (Anderson-Darling "
+                f"A^2 = {fit['anderson_darling']:.3g} > {EVT_MAX_AD}): the highest good scores do not follow one "
+                "smooth tail (a cluster or a gap among them?)")
+    k = int((s > t).sum())
+    lo = clopper_pearson(k, s.size)[0]
+    if lo > target:
+        return (f"{k} of the {s.size} good images score above the EVT threshold {t:.6g} ({pct(k / s.size)}), "
+                f"more than a target of {pct(target)} allows (binomial 95% lower bound {pct(lo)})")
+    found = implausible(t, score_stats(s) or {}, target, evt_rate(fit, t), (target, target))
+    return found[0] if found else None
+
+
+def fallback_needed(target: float) -> int:
+    """Good images the quantile needs for an expected FRR (k + 1) / (n + 1) within 2x the target."""
+    n = max(1, math.ceil(1.0 / (FALLBACK_MAX_EXCESS * target) - 1.0 - _EPS))
+    while (allowed_rejects(n, target) + 1) / (n + 1) > FALLBACK_MAX_EXCESS * target + _EPS:
+        n += 1
+    return n
+
+
+def quantile_fallback(s: np.ndarray, target: float, problem: str, requested: bool = False) -> ThresholdResult:
+    """The quantile in place of an unusable EVT fit, with a note; refused when it cannot meet the target."""
+    n, k = s.size, allowed_rejects(s.size, target)
+    expected = (k + 1) / (n + 1)
+    nq = quantile_needed(target)
+    if expected > FALLBACK_MAX_EXCESS * target + _EPS:
+        need = fallback_needed(target)
+        raise EdgeADError(
+            f"the EVT tail fit cannot be used: {problem}; and the quantile cannot meet a target false-reject rate of "
+            f"{target:g} with {n} good images: its threshold, the largest good score, would reject about "
+            f"{pct(expected)} of good parts (1 / (n + 1))",
+            f"add good images: at least {need} for about the target, {nq} (10 / target) for a reliable threshold; "
+            f"or raise --target-frr to at least {1.0 / (FALLBACK_MAX_EXCESS * (n + 1)):.3g}")
+    note = (f"the EVT tail fit is not used: {problem}. The threshold is the empirical quantile instead: {k} of the "
+            f"{n} good images may score above it, an expected false-reject rate of about {pct(expected)} "
+            f"((k + 1) / (n + 1)) for a target of {pct(target)}; {nq} good images (10 / target) give a reliable "
+            "threshold: add good images and recalibrate")
+    why = (f"{'requested evt; ' if requested else ''}EVT tail fit unusable ({problem.split(':')[0]}), fell back to "
+           f"the empirical quantile: {n} good images < {nq} (10 / target), so it only roughly resolves the target")
+    return _quantile_result(s, target, why, (note,))
+
+
+def heavy_tail_note(s: np.ndarray, fit: dict[str, Any], t: float, target: float) -> str | None:
+    """A warning when a heavy-tailed EVT threshold lands far above the largest good score."""
+    top, spread = float(s.max()), _spread(score_stats(s) or {})
+    if fit["shape"] <= 0 or t - top <= HEAVY_TAIL_SPREADS * spread:
+        return None
+    return (f"the EVT threshold {t:.6g} lies {(t - top) / spread:.3g} spreads (largest minus median good score, "
+            f"{spread:.3g}) above the largest good score {top:.6g}: the fitted tail is heavy (shape "
+            f"{fit['shape']:.3g}) and the target {target:g} lies {1.0 / (s.size * target):.3g}x beyond what "
+            f"{s.size} images resolve, so the threshold rests on the extrapolation and a defective part scoring "
+            f"between {top:.6g} and {t:.6g} passes; add good images ({quantile_needed(target)} = 10 / target for "
+            "the quantile method) or raise --target-frr")
+
+
+# ---------------------------------------------------------------- plausibility against the score statistics
+
+_PERCENTILES = (("min", 0.0), ("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("p99.9", 99.9))
+
+
+def _spread(stats: dict[str, Any]) -> float:
+    top = float(stats.get("max", 0.0))
+    return max(top - float(stats.get("p50", top)), float(stats.get("std", 0.0)) * 1e-3, 1e-12 * max(1.0, abs(top)))
+
+
+def implausible(t: float, stats: dict[str, Any], target: float, expected: float,
+                interval: tuple[float, float] | list[float]) -> list[str]:
+    """What makes threshold t implausible against the good-score statistics it was calibrated on (none: []).
+
+    Below the median (for a target under 0.5); more good images provably above t than the promised rate's
+    upper bound (a score above a percentile is above t); more than MAX_SPREADS spreads above the largest.
+    """
+    if not stats:
+        return []
+    n = int(stats["n"])
+    found = []
+    if target < MAX_TARGET and t < stats["p50"]:
+        found.append(f"the threshold {t:.6g} is below the median good score {stats['p50']:.6g} (of {n} good "
+                     f"images): it rejects more than half the good parts, for a target of {pct(target)}")
+    hi = float(interval[1]) if math.isfinite(float(interval[1])) else 0.0
+    upper = max(float(target), float(expected), hi)
+    below = [(key, q) for key, q in _PERCENTILES if t < stats[key]]
+    if below:
+        key, q = below[0]
+        k_lb = n - math.ceil((n - 1) * q / 100.0 - _EPS) if q > 0 else n
+        if k_lb / n > upper:
+            found.append(f"the threshold {t:.6g} is below the good scores' {key} {stats[key]:.6g}, so at least "
+                         f"{k_lb} of the {n} good images score above it ({pct(k_lb / n)}), more than the "
+                         f"{pct(upper)} the record promises")
+    spread = _spread(stats)
+    if t > stats["max"] + MAX_SPREADS * spread:
+        found.append(f"the threshold {t:.6g} lies {(t - stats['max']) / spread:.3g} spreads (largest minus median "
+                     f"good score, {spread:.3g}) above the largest good score {stats['max']:.6g}, more than "
+                     f"{MAX_SPREADS:g}: it passes practically every part")
+    return found
 
 
 # ---------------------------------------------------------------- area rule

@@ -247,10 +247,11 @@ def _build_line(steps: Steps, out: Path, root: Path, split: tuple[Path, Path, in
     model_dir, engine_dir = out / "model", out / "engine"
     steps.run("training", lambda: train(fit_dir, model_dir, cfg, overwrite=True))
     ev = steps.run("evaluation", lambda: evaluate(model_dir, root, out / "eval", log=log))
-    manifest = steps.run("build-engine", lambda: build_engine(model_dir, engine_dir, max_batch=4, log=log))
+    manifest = steps.run("build-engine", lambda: build_engine(model_dir, engine_dir, max_batch=4, log=log,
+                                                                     overwrite=True))
     cal_path = out / "calibration" / "demo.yaml"
     record, _ = steps.run("calibration", lambda: calibrate(engine_dir, cal_dir, target_frr=TARGET_FRR, out=cal_path,
-                                                           log=log))
+                                                           log=log, overwrite=True))
     return _Line(n_fit, n_cal, model_dir, engine_dir, cal_path, ev, manifest, record)
 
 

@@ -223,5 +223,5 @@ def build_engines(engine_dir: Path, onnx_files: dict[str, str], precision: str, 
         atomic_write_bytes(engine_dir / files[role], plans[role])
     if cache is not None:
         atomic_write_bytes(engine_dir / TIMING_CACHE, bytes(memoryview(cache.serialize())))
-    return {"backend": "tensorrt", "precision": precision, "files": files,
+    return {"backend": "tensorrt", "precision": precision, "files": files, "max_batch": max_batch,
             "device": {**identity, "tensorrt": version, "dla_core": dla_core}}

@@ -18,6 +18,8 @@ from edgead.model.config import ModelConfig
 from edgead.errors import EdgeADError
 from edgead.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from edgead.model.kd import DualKD
+from edgead.model.weights import is_state_dict, read_torch_file
+from edgead.schema import read_yaml
 
 CONFIG_FILE = "config.yaml"
 WEIGHTS_FILE = "students.pt"
@@ -25,8 +27,10 @@ METADATA_FILE = "metadata.json"
 
 
 def save_model(out: Path, model: DualKD, metadata: dict[str, Any]) -> None:
-    """Write the three files atomically; metadata last, so its presence means a complete artifact."""
+    """Write the three files atomically; metadata last, so its presence means a complete artifact (an old
+    model's metadata goes first: a write failing half-way never leaves new files beside old metadata)."""
     out.mkdir(parents=True, exist_ok=True)
+    (out / METADATA_FILE).unlink(missing_ok=True)
     atomic_write_text(out / CONFIG_FILE, yaml.safe_dump(model.cfg.to_dict(), sort_keys=False))
     buf = io.BytesIO()
     torch.save(model.student_state(), buf)
@@ -34,23 +38,38 @@ def save_model(out: Path, model: DualKD, metadata: dict[str, Any]) -> None:
     atomic_write_json(out / METADATA_FILE, metadata)
 
 
+RETRAIN = "train the model again with `edgead train` (or restore the folder from a backup)"
+
+
 def read_metadata(model_dir: Path) -> dict[str, Any]:
     path = Path(model_dir) / METADATA_FILE
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise EdgeADError(f"model metadata {path} is missing or unreadable",
-                          "train the model again with `edgead train`") from exc
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise EdgeADError(f"model metadata {path} is missing or unreadable", RETRAIN) from exc
+    if not isinstance(data, dict):
+        raise EdgeADError(f"model metadata {path} is not a JSON object", RETRAIN)
+    return data
 
 
 def load_config_from_model(model_dir: Path) -> ModelConfig:
+    """The model's config.yaml; bad YAML or a value training would not have written is one message naming the file."""
     path = Path(model_dir) / CONFIG_FILE
     if not Path(model_dir).is_dir():
         raise EdgeADError(f"model folder not found: {model_dir}", "train one with `edgead train --data DIR --out models/NAME`")
     if not path.is_file():
         raise EdgeADError(f"{model_dir} is not an edgead model: {CONFIG_FILE} is missing",
                           "point --model at the folder written by `edgead train`")
-    return ModelConfig.from_dict(yaml.safe_load(path.read_text()))
+    try:
+        data = read_yaml(path, "model config", RETRAIN)
+    except EdgeADError as err:
+        raise EdgeADError(err.message, f"restore the config.yaml the model was trained with, or {RETRAIN}") from None
+    try:
+        return ModelConfig.from_dict(data)
+    except EdgeADError as err:
+        detail = err.message.removeprefix("config: ")
+        raise EdgeADError(f"model config {path} is not one edgead wrote: {detail}",
+                          f"restore the config.yaml the model was trained with, or {RETRAIN}") from None
 
 
 def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> tuple[DualKD, dict[str, Any]]:
@@ -59,11 +78,14 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> tup
     cfg = load_config_from_model(model_dir)
     metadata = read_metadata(model_dir)
     weights = model_dir / WEIGHTS_FILE
-    try:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError) as exc:
-        raise EdgeADError(f"student weights {weights} are missing or corrupt ({exc.__class__.__name__})",
-                          "train the model again with `edgead train`") from exc
+    if not weights.is_file():
+        raise EdgeADError(f"{model_dir} is not a complete edgead model: {WEIGHTS_FILE} is missing", RETRAIN)
+    state = read_torch_file(weights, "student weights", RETRAIN)
+    if not is_state_dict(state):
+        raise EdgeADError(f"student weights {weights} are not a state_dict of tensors", RETRAIN)
     model = DualKD(cfg)
-    model.load_student_state(state)
+    try:
+        model.load_student_state(state)
+    except EdgeADError as err:
+        raise EdgeADError(f"student weights {weights}: {err.message}", err.hint) from None
     return model.to(device).eval(), metadata

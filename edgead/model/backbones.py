@@ -7,6 +7,7 @@ rather than copied from a table that could drift from the code.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -145,6 +146,13 @@ def build_feature_extractor(
     if weights is not None:
         _load_weights(arch, backbone, weights)
     return FeatureExtractor(arch, backbone, layers, spec.mean, spec.std)
+
+
+@functools.lru_cache(maxsize=None)
+def layer_strides(arch: str, layers: tuple[str, ...]) -> tuple[int, ...]:
+    """Each layer's stride, measured by the dry run every extractor makes (random weights, cached), so a
+    config can be checked against the network it describes before anything is trained."""
+    return tuple(build_feature_extractor(arch, list(layers), None).strides)
 
 
 def _load_weights(arch: str, backbone: Backbone, weights: str | os.PathLike[str]) -> None:

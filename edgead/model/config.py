@@ -8,12 +8,14 @@ Unknown keys and bad values are errors that name the key: a typo must never be s
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from edgead.errors import EdgeADError
-from edgead.schema import Place, build, known_keys, read_yaml
+from edgead.schema import (Place, at_least, build, in_range, is_int, is_number, known_keys, need, one_of, positive,
+                           read_yaml)
 from edgead.preprocess import PreprocessSpec
 
 FUSIONS = ("multiplicative", "additive", "max")
@@ -21,7 +23,9 @@ CONFIG_KEYS = {"preset", "input", "pairs", "fusion", "blur_sigma", "position_nor
 STUDENT_INITS = ("random", "teacher")
 
 
-TOP = Place("config", "config")     # messages name a top-level key as 'config.KEY'
+TOP = Place("config", "config")     # unknown keys are named 'config.KEY'
+PLACE = Place("config")             # bad values are named by their dotted key: 'blur_sigma', 'input.std'
+TRAIN = Place("config", "train")
 
 
 def _section(cls: type, name: str, data: Any) -> Any:
@@ -116,35 +120,110 @@ class ModelConfig:
         return cfg
 
     def validate(self) -> None:
-        if self.fusion not in FUSIONS:
-            raise EdgeADError(f"config: 'fusion' has a bad value {self.fusion!r}", f"use one of: {', '.join(FUSIONS)}")
+        """Every rule a value must keep for the model to build and train; the first broken one names its key."""
+        one_of(PLACE, "fusion", self.fusion, FUSIONS)
         if not isinstance(self.position_norm, bool):
             raise EdgeADError(f"config: 'position_norm' has a bad value {self.position_norm!r}", "use true or false")
-        if not isinstance(self.blur_sigma, (int, float)) or self.blur_sigma < 0:
-            raise EdgeADError(f"config: 'blur_sigma' has a bad value {self.blur_sigma!r}", "use a number >= 0 (4 is the reference)")
+        at_least(PLACE, "blur_sigma", self.blur_sigma, 0)
+        for key in ("mean", "std"):
+            values = getattr(self.input, key)
+            if not all(math.isfinite(v) for v in values):
+                raise PLACE.bad(f"input.{key}", list(values), "three finite numbers, one per channel")
         names = [p.name for p in self.pairs]
         if len(set(names)) != len(names):
             raise EdgeADError(f"config: pair names must differ, got {names}", "name them e.g. 'shallow' and 'deep'")
         for i, p in enumerate(self.pairs):
-            if p.student.init not in STUDENT_INITS:
-                raise EdgeADError(f"config: 'pairs[{i}].student.init' has a bad value {p.student.init!r}",
-                                  f"use one of: {', '.join(STUDENT_INITS)}")
-            if p.student.init == "teacher" and p.student.arch != p.teacher.arch:
-                raise EdgeADError(f"config: 'pairs[{i}].student.init' is 'teacher' but the student arch "
-                                  f"{p.student.arch!r} differs from the teacher's {p.teacher.arch!r}",
-                                  "use init: random, or the teacher's arch for the student")
-            if p.teacher.pool < 1:
-                raise EdgeADError(f"config: 'pairs[{i}].teacher.pool' must be >= 1", "1 means no pooling")
-            if len(p.teacher.layers) != len(p.student.layers) or not p.teacher.layers:
-                raise EdgeADError(f"config: pairs[{i}] needs as many student layers as teacher layers",
-                                  f"teacher: {p.teacher.layers}, student: {p.student.layers}")
-        t = self.train
-        if t.epochs < 1 or t.batch_size < 1 or t.lr <= 0 or not 0 < t.val_fraction < 0.5:
-            raise EdgeADError("config: 'train' needs epochs >= 1, batch_size >= 1, lr > 0 and 0 < val_fraction < 0.5",
-                              f"got {asdict(t)}")
-        if not 0 <= t.bn_frozen_fraction < 1:
-            raise EdgeADError(f"config: 'train.bn_frozen_fraction' has a bad value {t.bn_frozen_fraction!r}",
-                              "use a fraction of the epochs in [0, 1): 0 trains on batch statistics throughout")
+            _check_pair(i, p)
+        _check_train(self.train)
+        self._check_input_size()
+
+    def min_input_size(self) -> tuple[int, str]:
+        """The smallest input height and width this model can score, and what sets it.
+
+        Every backbone pads so that a layer of stride s has ceil(size / s) cells. The model needs one cell
+        in its deepest layer (size >= the largest stride), one cell after a pair's average pool
+        (size > (pool - 1) * stride), and an anomaly map larger than the blur's reach (reflect padding).
+        Strides are measured on the configured networks (`backbones.layer_strides`), not taken from a table.
+        """
+        from edgead.model.backbones import layer_strides
+
+        limits = [(1, "")]
+        for i, p in enumerate(self.pairs):
+            for layer, stride in zip(p.teacher.layers, layer_strides(p.teacher.arch, tuple(p.teacher.layers))):
+                limits.append((stride, f"layer {layer} of pairs[{i}].teacher ({p.teacher.arch}) has stride {stride}"))
+                if p.teacher.pool > 1:
+                    limits.append(((p.teacher.pool - 1) * stride + 1,
+                                   f"pairs[{i}].teacher.pool {p.teacher.pool} averages the stride-{stride} map of "
+                                   f"layer {layer}"))
+        reach = blur_radius(self.blur_sigma)
+        if reach:
+            limits.append((reach + 1, f"blur_sigma {self.blur_sigma:g} blurs over {reach} pixels"))
+        return max(limits, key=lambda limit: limit[0])
+
+    def _check_input_size(self) -> None:
+        smallest, why = self.min_input_size()
+        h, w = self.input.height, self.input.width
+        small = [f"'input.{key}'" for key, v in (("height", h), ("width", w)) if v < smallest]
+        if small:
+            raise EdgeADError(f"config: input size {h}x{w} (train --size H W) is too small for this model: "
+                              f"{' and '.join(small)} must be at least {smallest}",
+                              f"use --size {max(h, smallest)} {max(w, smallest)} or larger ({why}; "
+                              f"256 256 is the presets' size)")
+
+
+def blur_radius(sigma: float) -> int:
+    """How many pixels either side the scoring head's Gaussian blur reaches (0: no blur)."""
+    return max(1, int(4.0 * sigma + 0.5)) if sigma > 0 else 0
+
+
+def _check_pair(i: int, p: PairSpec) -> None:
+    """A pair's student and teacher: known layers, same strides, a sensible init and pool."""
+    if p.student.init not in STUDENT_INITS:
+        raise EdgeADError(f"config: 'pairs[{i}].student.init' has a bad value {p.student.init!r}",
+                          f"use one of: {', '.join(STUDENT_INITS)}")
+    if p.student.init == "teacher" and p.student.arch != p.teacher.arch:
+        raise EdgeADError(f"config: 'pairs[{i}].student.init' is 'teacher' but the student arch "
+                          f"{p.student.arch!r} differs from the teacher's {p.teacher.arch!r}",
+                          "use init: random, or the teacher's arch for the student")
+    if p.teacher.pool < 1:
+        raise EdgeADError(f"config: 'pairs[{i}].teacher.pool' must be >= 1", "1 means no pooling")
+    if len(p.teacher.layers) != len(p.student.layers) or not p.teacher.layers:
+        raise EdgeADError(f"config: pairs[{i}] needs as many student layers as teacher layers",
+                          f"teacher: {p.teacher.layers}, student: {p.student.layers}")
+    from edgead.model.backbones import layer_strides
+
+    strides = {}
+    for role, spec in (("teacher", p.teacher), ("student", p.student)):
+        try:
+            strides[role] = layer_strides(spec.arch, tuple(spec.layers))
+        except EdgeADError as err:
+            raise EdgeADError(f"config: 'pairs[{i}].{role}': {err.message}", err.hint) from None
+    if strides["teacher"] != strides["student"]:
+        raise EdgeADError(f"config: pairs[{i}]: the student layers {p.student.layers} have strides "
+                          f"{list(strides['student'])} but the teacher layers {p.teacher.layers} have "
+                          f"{list(strides['teacher'])}",
+                          "choose student layers with the same strides as the teacher layers")
+
+
+def _check_train(t: TrainSpec) -> None:
+    """The training schedule's ranges (the schema already refused non-numbers, NaN and infinity)."""
+    at_least(TRAIN, "epochs", t.epochs, 1)
+    at_least(TRAIN, "batch_size", t.batch_size, 1)
+    positive(TRAIN, "lr", t.lr)
+    at_least(TRAIN, "weight_decay", t.weight_decay, 0)
+    need(TRAIN, is_number(t.val_fraction) and 0 < t.val_fraction < 0.5,
+         f"'train.val_fraction' has a bad value {t.val_fraction!r}",
+         "expected a fraction above 0 and below 0.5 (0.1 holds out one good image in ten)")
+    need(TRAIN, is_int(t.seed) and 0 <= t.seed < 2 ** 32, f"'train.seed' has a bad value {t.seed!r}",
+         "expected a whole number from 0 to 4294967295")
+    in_range(TRAIN, "norm_quantile_low", t.norm_quantile_low, 0, 1)
+    in_range(TRAIN, "norm_quantile_high", t.norm_quantile_high, 0, 1)
+    need(TRAIN, t.norm_quantile_low < t.norm_quantile_high,
+         f"'train.norm_quantile_low' ({t.norm_quantile_low:g}) must be below 'train.norm_quantile_high' "
+         f"({t.norm_quantile_high:g})", "the presets use 0.9 and 0.995")
+    need(TRAIN, is_number(t.bn_frozen_fraction) and 0 <= t.bn_frozen_fraction < 1,
+         f"'train.bn_frozen_fraction' has a bad value {t.bn_frozen_fraction!r}",
+         "use a fraction of the epochs in [0, 1): 0 trains on batch statistics throughout")
 
 
 PRESETS: dict[str, dict[str, Any]] = {

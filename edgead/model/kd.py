@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from edgead.model.config import ModelConfig, PairSpec
+from edgead.model.config import ModelConfig, PairSpec, blur_radius
 from edgead.errors import EdgeADError
 from edgead.model.backbones import FeatureExtractor, build_feature_extractor
 
@@ -41,7 +41,7 @@ def kd_loss(teacher: Features, student: Features) -> Tensor:
 
 
 def gaussian_kernel1d(sigma: float) -> Tensor:
-    radius = max(1, int(4.0 * sigma + 0.5))
+    radius = blur_radius(sigma)
     x = torch.arange(-radius, radius + 1, dtype=torch.float32)
     k = torch.exp(-0.5 * (x / sigma) ** 2)
     return k / k.sum()
@@ -236,7 +236,12 @@ class DualKD(nn.Module):
         return {k: v.detach().cpu().clone() for k, v in self.state_dict().items() if ".teacher." not in k}
 
     def load_student_state(self, state: dict[str, Tensor]) -> None:
-        missing, unexpected = self.load_state_dict(state, strict=False)
+        try:
+            missing, unexpected = self.load_state_dict(state, strict=False)
+        except RuntimeError as exc:           # same names, other shapes: weights of another config
+            first = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line), "")
+            raise EdgeADError(f"the model's student weights do not fit its config ({first[:200] or 'shape mismatch'})",
+                              "retrain the model, or use the config.yaml it was trained with") from None
         missing = [k for k in missing if ".teacher." not in k]
         if missing or unexpected:
             raise EdgeADError("the model's student weights do not match its config "

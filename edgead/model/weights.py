@@ -21,13 +21,16 @@ from __future__ import annotations
 import hashlib
 import importlib
 import os
+import pickle
+import re
 import shutil
 import tempfile
+import warnings
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -255,19 +258,45 @@ def _not_found(ck: KnownCheckpoint, reason: str) -> EdgeADError:
     )
 
 
+def read_torch_file(path: str | os.PathLike[str], what: str, hint: str) -> Any:
+    """`torch.load(path, weights_only=True)` on the CPU, every failure one EdgeADError naming `what`.
+
+    torch's own text is never passed on: for a file holding other Python objects it advises retrying with
+    `weights_only=False`, which would run code from the file. Its warnings (pickle protocol) are muted too.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise EdgeADError(f"{what} {path} cannot be read: {exc.strerror or type(exc).__name__}", hint) from None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))        # the class name only, never torch's advice
+        if found:
+            raise EdgeADError(f"{what} {path} is not a weights file: it holds a Python object ({found.group(1)}) "
+                              "besides tensors, which edgead never loads (it could run code)", hint) from None
+        raise EdgeADError(f"{what} {path} is not a PyTorch weights file, or it is truncated or corrupt", hint) from None
+    except Exception as exc:  # torch raises many types (KeyError, IndexError, OSError...) for foreign bytes
+        raise EdgeADError(f"{what} {path} is not a PyTorch weights file, or it is truncated or corrupt "
+                          f"({type(exc).__name__})", hint) from None
+
+
+def is_state_dict(obj: Any) -> bool:
+    """A mapping of names to tensors, as `torch.save(module.state_dict())` writes it."""
+    return isinstance(obj, Mapping) and all(isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items())
+
+
 def load_pretrained(arch: str, path: str | os.PathLike[str] | None = None) -> dict[str, Tensor]:
     """Resolve and read a checkpoint as a plain CPU state_dict (tensors only, no pickled code)."""
     file = resolve_weights(arch, path)
-    try:
-        obj = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for corrupt or unsafe files
-        raise EdgeADError(
-            f"could not read weights file {file}: {type(exc).__name__}: {str(exc)[:300]}",
-            "the file must be a PyTorch state_dict saved with torch.save",
-        ) from None
+    obj = read_torch_file(file, "weights file", "the file must be a PyTorch state_dict saved with torch.save")
     if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
         obj = obj["state_dict"]  # common wrapper of training checkpoints
-    if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):
+    if not is_state_dict(obj):
         raise EdgeADError(
             f"weights file {file} is not a state_dict", "save weights with torch.save(model.state_dict())"
         )

@@ -34,14 +34,23 @@ to the default is exactly the failure an inspection station cannot afford.
     http:                             # or just `http: 127.0.0.1:8080`
       listen: null                    # PORT or HOST:PORT; a bare port binds 127.0.0.1
       max_fps: 10
+      token: null                     # a bearer token that lets other machines acknowledge alarms
+                                      #   (POST /alarms/ack); loopback needs none. Never written to run.json
     outputs: []                       # reject outputs (edgead.signals.config: - type: gpio|modbus|mqtt|...)
     on_sink_failure: alarm            # alarm | stop
+    outbox_dir: null                  # where mqtt/webhook events wait until acknowledged, kept across
+                                      #   restarts (null: $EDGEAD_STATE_DIR/outbox, ~/.local/state/edgead)
     allow_degraded: false             # start even when an output reports unhealthy
+
+`RunConfig.to_dict()` (what run.json keeps) writes every secret as "***": passwords, tokens, keys
+named *_secret or *_token, and a password inside a URL (`http://user:pw@host`); the *_env keys (names
+of environment variables, not their values) are kept.
 """
 
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -52,6 +61,8 @@ from edgead.errors import EdgeADError
 from edgead.schema import Place, at_least, build, is_int, known_keys, one_of, read_yaml
 
 SAFE_ACTIONS = ("reject", "stop")
+MIN_TOKEN_CHARS = 16
+REDACTED = "***"
 SINK_FAILURE = ("alarm", "stop")
 RUN = Place("run config")
 
@@ -76,6 +87,7 @@ class RecordConfig:
 class HttpConfig:
     listen: str | int | None = None     # a bare port may be written as a number
     max_fps: float = 10.0
+    token: str | None = None            # bearer token for POST /alarms/ack from another machine
 
     def validate(self) -> None:
         if is_int(self.listen):
@@ -83,6 +95,9 @@ class HttpConfig:
         if self.listen is not None:
             parse_listen(self.listen)
         at_least(RUN.child("http"), "max_fps", self.max_fps, 0.1)
+        if self.token is not None and (len(self.token) < MIN_TOKEN_CHARS or any(c.isspace() for c in self.token)):
+            raise RUN.bad("http.token", "***", f"at least {MIN_TOKEN_CHARS} characters without spaces "
+                                               "(e.g. from `openssl rand -hex 16`), or null")
 
 
 @dataclass
@@ -104,6 +119,7 @@ class RunConfig:
     http: HttpConfig = field(default_factory=HttpConfig)
     outputs: list[dict[str, Any]] = field(default_factory=list)
     on_sink_failure: str = "alarm"
+    outbox_dir: str | None = None     # where undelivered events wait (null: $EDGEAD_STATE_DIR/outbox)
     allow_degraded: bool = False
 
     @property
@@ -152,13 +168,40 @@ class RunConfig:
                                                     "or set 'camera.source' in --config")
 
     def to_dict(self) -> dict[str, Any]:
+        """The settings as run.json records them: secrets redacted (see the module docstring)."""
         d: dict[str, Any] = {}
         for f in fields(self):
             v = getattr(self, f.name)
             d[f.name] = (v.to_dict() if isinstance(v, CameraConfig)
                          else {g.name: getattr(v, g.name) for g in fields(v)} if hasattr(v, "__dataclass_fields__")
                          else list(v) if isinstance(v, tuple) else v)
-        return d
+        return redact(d)
+
+
+_SECRET_KEY = re.compile(r"(^|_)(password|passwd|token|secret|api_key|apikey)$", re.IGNORECASE)
+_URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^/@:\s]*):[^/@\s]*@", re.IGNORECASE)
+
+
+def is_secret_key(key: str) -> bool:
+    """password, token, *_password, *_token, *_secret, ... (but not *_env: that names a variable)."""
+    return not key.lower().endswith("_env") and bool(_SECRET_KEY.search(key))
+
+
+def redact(obj: Any) -> Any:
+    """A copy of `obj` with every secret value "***" (empty and null values stay, so "none set" shows)."""
+    if isinstance(obj, dict):
+        return {k: REDACTED if isinstance(k, str) and is_secret_key(k) and obj[k] not in (None, "")
+                else redact(obj[k]) for k in obj}
+    if isinstance(obj, (list, tuple)):
+        return [redact(v) for v in obj]
+    if isinstance(obj, str):
+        return redact_text(obj)
+    return obj
+
+
+def redact_text(text: str) -> str:
+    """A URL's password written as "***" (`mqtt://user:pw@host` -> `mqtt://user:***@host`)."""
+    return _URL_PASSWORD.sub(lambda m: f"{m.group('head')}:{REDACTED}@", text) if "@" in text else text
 
 
 _SHORTHAND = {"camera": "source", "record": "dir", "http": "listen"}   # `camera: 0`, `record: runs/x`, `http: 8080`

@@ -8,15 +8,24 @@ Binds 127.0.0.1 unless the user names another address (edgead.runtime.run warns 
     /              a page showing the stream
     /stream        multipart/x-mixed-replace MJPEG: the latest part, heatmap overlay, decision banner
     /frame.jpg     one JPEG of the latest part
-    /health        JSON: loop status, counters, last alarm, outputs' health (503 when not inspecting)
+    /health        JSON: loop status, counters, active alarms and counts since start, last alarm,
+                   outputs' health (503 when not inspecting)
     /metrics       Prometheus text format
+    POST /alarms/ack[?key=KEY]   the operator acknowledges the active alarms (or one): JSON {"acked": [...]}.
+                   Allowed from the box itself (a loopback client) or with `Authorization: Bearer <http.token>`;
+                   403 otherwise. `ack_alarms()` is its client (`edgead alarm ack`).
 """
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
 import json
 import threading
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 
@@ -35,6 +44,61 @@ _PAGE = (b"<!doctype html><title>edgead live</title><body style='margin:0;backgr
          b"<p style='color:#ccc;font:14px sans-serif'><a style='color:#ccc' href='/health'>health</a> "
          b"<a style='color:#ccc' href='/metrics'>metrics</a></p></body>")
 VIEW_MIN_HEIGHT = 240
+ACK_PATH = "/alarms/ack"
+
+AckCallback = Callable[[str | None], list[str]]   # (key or None for all) -> the keys acknowledged
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1, an IPv4-mapped loopback, or "localhost"."""
+    if host == "localhost":
+        return True
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return bool(ip.is_loopback or (mapped is not None and mapped.is_loopback))
+
+
+def ack_allowed(client_host: str, authorization: str | None, token: str | None) -> bool:
+    """An acknowledgement comes from the box itself, or carries the configured bearer token."""
+    if is_loopback(client_host):
+        return True
+    if not token or not authorization:
+        return False
+    scheme, _, given = authorization.partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
+
+
+def ack_alarms(url: str, key: str | None = None, token: str | None = None, timeout_s: float = 5.0) -> list[str]:
+    """Acknowledge the active alarms (or `key`) of the run serving `url` (its --http address, e.g.
+    http://127.0.0.1:8080); returns the keys acknowledged. EdgeADError when it cannot be done."""
+    base = url if "://" in url else f"http://{url}"
+    base = base.rstrip("/")
+    if not base.endswith(ACK_PATH):
+        base += ACK_PATH
+    full = base + (f"?{urllib.parse.urlencode({'key': key})}" if key else "")
+    req = urllib.request.Request(full, data=b"", method="POST")
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout_s) as r:
+            body = json.loads(r.read() or b"{}")
+    except urllib.error.HTTPError as e:
+        if e.code == 403:
+            raise EdgeADError(f"{base}: acknowledging alarms is refused (403)",
+                              "run it on the inspection box itself, or pass --token with the run's http.token") from e
+        raise EdgeADError(f"{base}: the run answered HTTP {e.code}",
+                          "is this the address of `edgead run --http`?") from e
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        reason = getattr(e, "reason", e)
+        raise EdgeADError(f"cannot reach {base}: {reason}",
+                          "is `edgead run --http HOST:PORT` running there? give that address with --url") from e
+    acked = body.get("acked") if isinstance(body, dict) else None
+    if not isinstance(acked, list):
+        raise EdgeADError(f"{base}: unexpected answer {body!r}", "is this the address of `edgead run --http`?")
+    return [str(k) for k in acked]
 
 
 class LiveView:
@@ -93,8 +157,10 @@ class HttpView:
     """The server; `health()` and `metrics()` are callbacks so this module knows nothing of the loop."""
 
     def __init__(self, host: str, port: int, live: LiveView, health: Callable[[], dict[str, Any]],
-                 metrics: Callable[[], str], max_fps: float = 10.0) -> None:
+                 metrics: Callable[[], str], max_fps: float = 10.0, ack: AckCallback | None = None,
+                 token: str | None = None) -> None:
         self.live, self.health, self.metrics, self.max_fps = live, health, metrics, max_fps
+        self.ack, self.token = ack, token
         self._stopping = threading.Event()
         try:
             self.server = ThreadingHTTPServer((host, port), self._handler())
@@ -153,6 +219,28 @@ class HttpView:
                         self._send(200, "text/html; charset=utf-8", _PAGE)
                     else:
                         self._send(404, "text/plain", b"not found: try /, /stream, /health, /metrics\n")
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+            def do_POST(self) -> None:  # noqa: N802 - stdlib name
+                path, _, query = self.path.partition("?")
+                try:
+                    length = int(self.headers.get("Content-Length") or 0) if \
+                        (self.headers.get("Content-Length") or "0").isdigit() else 0
+                    if 0 < length <= 65536:
+                        self.rfile.read(length)  # the body says nothing: the query names the key
+                    if path != ACK_PATH:
+                        self._send(404, "application/json", json.dumps(
+                            {"error": f"not found: POST {ACK_PATH}[?key=KEY]"}).encode() + b"\n")
+                    elif not ack_allowed(self.client_address[0], self.headers.get("Authorization"), view.token):
+                        self._send(403, "application/json", b'{"error": "acknowledge from the box itself, or '
+                                                            b'with Authorization: Bearer <http.token>"}\n')
+                    elif view.ack is None:
+                        self._send(503, "application/json", b'{"error": "no run to acknowledge"}\n')
+                    else:
+                        key = urllib.parse.parse_qs(query).get("key", [None])[0] or None
+                        body = {"acked": view.ack(key)}
+                        self._send(200, "application/json", json.dumps(body).encode() + b"\n")
                 except (BrokenPipeError, ConnectionResetError):
                     pass
 

@@ -14,6 +14,11 @@ also ends the run), counted by reason in edgead_safe_actions_total:
 - queue full (trigger mode): the engine is behind and the inference queue is full; the part is not
   dropped, it is rejected at once.
 - frame lost (trigger mode): the camera's sequence numbers jumped; each missing frame was a part.
+Alarms live on an AlarmBoard (edgead.runtime.alarms): a condition (camera lost or stalled, an output
+failing, the record disk failing) clears itself when the loop sees it gone (a frame arrives, the
+output reports it recovered, a record is written again); an event (a safe action, a sequence jump)
+expires after a while; the operator can acknowledge either (`ack_alarms`, POST /alarms/ack). When the
+last one goes, `on_clear` sets the alarm outputs back to ok.
 In free-running mode (every Nth frame) frames are not parts: frames skipped because the engine is
 busy or lost by the camera are counted, not rejected. Replays (files, folders) are not live: there
 the capture thread waits for the engine instead (nothing is lost by waiting for a file).
@@ -36,6 +41,8 @@ from edgead.capture.reconnect import Backoff, ReconnectingSource
 from edgead.errors import EdgeADError
 from edgead.preprocess import PreprocessSpec, preprocess
 from edgead.protocols import Detector, Frame, FrameSource, InspectionEvent
+from edgead.runtime.alarms import AlarmBoard
+from edgead.runtime.config import redact_text
 from edgead.runtime.telemetry import RunMetrics
 
 if TYPE_CHECKING:  # types only: the loop is handed these, it never builds them
@@ -47,6 +54,8 @@ MAX_LOST_EVENTS = 1000      # a sequence jump larger than this is a camera resta
 OUT_QUEUE = 64              # decided parts waiting for the output thread (it only fires sinks: fast)
 WATCHDOG_TICK_S = 0.05      # the output thread looks at the ledger at least this often
 ALARM_LOG_INTERVAL_S = 1.0  # one stderr line per alarm reason and interval (all are counted)
+ALARM_TICK_S = 1.0          # the output thread lets expired event alarms go at least this often
+RECORD_ALARM = "record_failure"   # recorder keys: record_failure:events, :images, :run_json
 
 
 @dataclass
@@ -140,7 +149,8 @@ class Loop:
                  decide: Callable[[float, np.ndarray, dict[str, Any]], bool], options: LoopOptions,
                  metrics: RunMetrics | None = None, sinks: SinkGroup | None = None, recorder: Recorder | None = None,
                  live: LiveView | None = None, log: Callable[[str], None] = lambda s: print(s, file=sys.stderr),
-                 on_alarm: Callable[[str], None] | None = None) -> None:
+                 on_alarm: Callable[[str], None] | None = None, on_clear: Callable[[], None] | None = None,
+                 alarms: AlarmBoard | None = None) -> None:
         # A live camera reads through the one reconnect path (ReconnectingSource); a replay is never
         # reopened (that would play it again from the start): its errors stop the run.
         self.camera: ReconnectingSource | None = None
@@ -152,7 +162,11 @@ class Loop:
         self.source, self.detector, self.calibration, self.spec = source, detector, calibration, spec
         self.decide, self.opt, self.sinks, self.recorder, self.live = decide, options, sinks, recorder, live
         self.metrics = metrics or RunMetrics()
-        self.log, self.on_alarm = log, on_alarm
+        self.log, self.on_alarm, self.on_clear = log, on_alarm, on_clear
+        self.board = alarms if alarms is not None else AlarmBoard()
+        self.board.on_empty = self._all_clear
+        if recorder is not None:   # a record the disk refused is one of the run's alarms
+            recorder.on_alarm, recorder.on_clear = self._record_failed, self.clear_alarm
         self.threshold = calibration.get("threshold")
         self.ledger = Ledger()
         depth = options.max_batch if options.wait_for_engine else 2 * options.max_batch
@@ -179,6 +193,7 @@ class Loop:
         m.queue_depth.set_function(self.infer_q.qsize, queue="infer")
         m.queue_depth.set_function(self.out_q.qsize, queue="output")
         m.queue_depth.set_function(lambda: float(len(self.ledger)), queue="in_flight")
+        m.alarms_active.set_function(lambda: float(len(self.board.active())))
         self._threads = [threading.Thread(target=self._guard(self._capture), name="edgead-capture", daemon=True),
                          threading.Thread(target=self._guard(self._infer), name="edgead-infer", daemon=True),
                          threading.Thread(target=self._guard(self._output), name="edgead-output", daemon=True)]
@@ -249,13 +264,16 @@ class Loop:
 
     # ------------------------------------------------------------ alarms
 
-    def alarm(self, reason: str, key: str | None = None, notify: bool = True) -> None:
-        """Counted always (by `key`, a short label); logged at most once a second per key; dumps the ring.
+    def alarm(self, reason: str, key: str | None = None, notify: bool = True, event: bool = False) -> None:
+        """Raised on the board (active until cleared or acknowledged; `event`: a one-off that expires by
+        itself, see edgead.runtime.alarms), counted by `key` (a short label), logged at most once a second
+        per key; dumps the ring.
 
         notify=False: the alarm outputs already know (an output failure reported by the SinkGroup).
         """
-        key = key or reason_key(reason)
+        key, reason = key or reason_key(reason), redact_text(reason)   # a URL's password never reaches a log
         self.metrics.alarms.inc(reason=key)
+        self.board.raise_(key, reason, event=event)
         now = time.monotonic()
         with self._alarm_lock:
             self.last_alarm = {"reason": reason, "monotonic": now,
@@ -270,13 +288,44 @@ class Loop:
                     self.on_alarm(reason)
                 except Exception as e:
                     self.log(f"WARNING: the alarm output failed: {e!r}")
-        if self.recorder is not None:
+        if self.recorder is not None and not key.startswith(RECORD_ALARM):  # no ring onto a failing disk
             self.recorder.dump_ring()
+
+    def clear_alarm(self, key: str) -> bool:
+        """The condition behind `key` is gone (camera back, output recovered, disk writable again)."""
+        cleared = self.board.clear(key)
+        if cleared:
+            self.log(f"alarm cleared: {key}")
+        return cleared
+
+    def ack_alarms(self, key: str | None = None) -> list[str]:
+        """The operator acknowledged `key` (None: all active alarms); returns the keys cleared."""
+        keys = self.board.ack(key)
+        if keys:
+            self.log(f"alarm acknowledged: {', '.join(keys)}")
+        return keys
+
+    def _all_clear(self) -> None:
+        """The last active alarm went: the alarm outputs go back to ok (on_clear)."""
+        self.log("no alarm active")
+        if self.on_clear is not None:
+            try:
+                self.on_clear()
+            except Exception as e:
+                self.log(f"WARNING: resetting the alarm outputs failed: {e!r}")
 
     def output_failed(self, name: str, detail: str) -> None:
         """An output reported a failure (the SinkGroup already drives the alarm outputs): counted and alarmed."""
         self.metrics.sink_errors.inc()
-        self.alarm(f"output {name}: {detail}", key="output_failure", notify=False)
+        self.alarm(f"output {name}: {detail}", key=f"output_failure:{name}", notify=False)
+
+    def output_recovered(self, name: str) -> None:
+        """An output reported it works again (SinkGroup.on_recovered): its alarm clears."""
+        self.clear_alarm(f"output_failure:{name}")
+
+    def _record_failed(self, key: str, reason: str) -> None:
+        """The recorder's on_alarm: a line, an image or run.json the disk refused."""
+        self.alarm(reason, key=key)
 
     # ------------------------------------------------------------ capture thread
 
@@ -324,6 +373,9 @@ class Loop:
                                key="camera_stalled")
                 continue
             frames += 1
+            if self._camera_away or stalled:   # the camera is back: its alarms clear
+                self.clear_alarm("camera_lost")
+                self.clear_alarm("camera_stalled")
             last_frame_at, stalled, self._camera_away = now, False, False
             m.frames.inc()
             self._check_gap(frame, last_seq, last_t)
@@ -375,7 +427,7 @@ class Loop:
             return
         if lost > MAX_LOST_EVENTS:
             self.alarm(f"frame lost: the camera's sequence jumped from {last_seq} to {frame.seq}; treated as a "
-                       "restart, the parts in between could not be rejected", key="frame_lost")
+                       "restart, the parts in between could not be rejected", key="frame_lost", event=True)
             return
         for k in range(lost):
             t = last_t + (frame.t_capture - last_t) * (k + 1) / (lost + 1)
@@ -391,6 +443,8 @@ class Loop:
             self.metrics.camera_reconnects.inc(n - self._reconnects_seen)
             self._reconnects_seen = n
             self.log(f"camera {self.source.name} reconnected")
+            self.clear_alarm("camera_lost")
+            self._camera_away = False
 
     def _camera_error(self, err: EdgeADError) -> None:
         """A live camera raised (unplugged, driver error): counted; its ReconnectingSource reopens it."""
@@ -516,6 +570,7 @@ class Loop:
     # ------------------------------------------------------------ output thread (sinks, watchdog, records)
 
     def _output(self) -> None:
+        next_tick = time.monotonic() + ALARM_TICK_S
         while True:
             nd = self.ledger.next_deadline()
             timeout = WATCHDOG_TICK_S if nd is None else min(WATCHDOG_TICK_S, max(0.0, nd - time.monotonic()))
@@ -525,6 +580,9 @@ class Loop:
                 pass
             for p in self.ledger.overdue(time.monotonic()):
                 self._safe(p, "deadline", resolved=True)
+            if time.monotonic() >= next_tick:
+                self.board.expire()   # event alarms past their hold time go (and the outputs with them)
+                next_tick = time.monotonic() + ALARM_TICK_S
             if (self._draining.is_set() and self._infer_done.is_set() and len(self.ledger) == 0
                     and self.out_q.empty()):
                 return
@@ -536,7 +594,7 @@ class Loop:
                 self.sinks.reject(ev)  # time-critical first: the reject gate (each sink picks what it wants)
             except Exception as e:
                 m.sink_errors.inc()
-                self.alarm(f"sink error: {_text(e)}", key="sink_error")
+                self.alarm(f"sink error: {_text(e)}", key="sink_error", event=True)
             if self.sinks.should_stop:
                 self.request_stop("reject output failed (on_sink_failure: stop)")
         m.parts.inc(decision=ev.decision)
@@ -544,18 +602,13 @@ class Loop:
             m.latency.observe(v / 1000.0, stage=stage)
         if ev.decision == "safe_reject":
             m.safe_actions.inc(reason=reason_key(ev.reason))
-            self.alarm(f"safe action ({ev.reason}) for part seq {ev.seq}", key=f"safe_action_{reason_key(ev.reason)}")
+            self.alarm(f"safe action ({ev.reason}) for part seq {ev.seq}", key=f"safe_action_{reason_key(ev.reason)}",
+                       event=True)
             if self.opt.safe_action == "stop":
                 self.request_stop(f"safe action: {ev.reason}")
         try:  # records and the live view are best effort: a bug there must not stop the decisions
-            if self.recorder is not None:
-                images: list[str] = []
-                if out.image is not None:
-                    if ev.rejected:
-                        images = self.recorder.reject_images(out.pid, ev, out.image, out.amap)
-                    else:
-                        images = self.recorder.good(out.pid, ev, out.image)
-                self.recorder.event(out.pid, ev, images)
+            if self.recorder is not None:   # the line first, then its images
+                self.recorder.record(out.pid, ev, out.image, out.amap)
             if self.live is not None and out.image is not None:
                 self.live.update(out.image, out.amap, ev)
         except Exception as e:
@@ -567,15 +620,16 @@ class Loop:
     def health(self) -> dict[str, Any]:
         m = self.metrics
         now = time.monotonic()
-        recent = self.last_alarm is not None and now - self.last_alarm["monotonic"] < 60.0
-        status = "stopped" if self.ended else "stopping" if self._stop.is_set() else "alarm" if recent else "ok"
+        active = self.board.active()
+        status = "stopped" if self.ended else "stopping" if self._stop.is_set() else "alarm" if active else "ok"
         return {"status": status, "camera": self.source.name,
                 "uptime_s": round(now - self.started, 3) if self.started else 0.0,
                 "parts": int(m.parts.total()), "safe_actions": int(m.safe_actions.total()),
                 "in_flight": len(self.ledger), "infer_queue": self.infer_q.qsize(),
                 "last_alarm": None if self.last_alarm is None else
                 {k: v for k, v in self.last_alarm.items() if k != "monotonic"},
-                "stopped_by": self.stopped_by, "warnings": list(self.warnings)}
+                "stopped_by": self.stopped_by, "warnings": list(self.warnings),
+                "alarms": active, "alarm_counts": self.board.counts()}
 
     def summary(self) -> dict[str, Any]:
         m = self.metrics
@@ -596,6 +650,8 @@ class Loop:
             "camera_errors": int(m.camera_errors.total()), "reconnects": int(m.camera_reconnects.total()),
             "alarms": int(m.alarms.total()), "sink_errors": int(m.sink_errors.total()),
             "records_dropped": {k: int(v) for k, v in sorted(m.records_dropped.by_label("kind").items())},
+            "record_write_errors": {k: int(v) for k, v in sorted(m.record_write_errors.by_label("kind").items())},
+            "alarm_counts": self.board.counts(), "alarms_active": [a["key"] for a in self.board.active()],
             "elapsed_s": round(elapsed, 3), "parts_per_s": round(parts / elapsed, 2) if elapsed > 0 else None,
             "stopped_by": self.stopped_by,
         }

@@ -35,8 +35,12 @@ from edgead.runtime.recorder import Recorder
 from edgead.runtime.telemetry import RunMetrics
 from edgead.signals.group import SinkGroup
 
+# Exit codes of `edgead run` (2 is a start-up error, from the CLI). When several apply, the first listed wins.
 EXIT_OK = 0
-EXIT_FAULT_STOP = 3   # the run ended itself because of a fault (safe_action: stop, on_sink_failure: stop)
+EXIT_FAULT_STOP = 3       # the run ended itself because of a fault (safe_action: stop, on_sink_failure: stop)
+EXIT_UNDELIVERED = 4      # events are still waiting in an output's outbox (sent at the next start)
+EXIT_RECORD_INCOMPLETE = 5  # the record folder misses event lines or run.json (disk full, read-only)
+EXIT_SOURCE_SHORT = 6     # a replay ended early or had frames that could not be read
 
 Log = Callable[[str], None]
 
@@ -108,7 +112,7 @@ def _open_outputs(cfg: RunConfig, log: Log) -> SinkGroup | None:
         return None
     from edgead.signals import build_sinks, check_health
 
-    sinks = build_sinks(cfg.outputs)
+    sinks = build_sinks(cfg.outputs, outbox_dir=cfg.outbox_dir)
     try:
         check_health(sinks, cfg.allow_degraded, warn=log)
     except BaseException:
@@ -134,9 +138,30 @@ def format_summary(s: dict[str, Any]) -> str:
     if any(s.get("records_dropped", {}).values()):
         lines.append("  records dropped (disk too slow): "
                      + ", ".join(f"{k} {v}" for k, v in s["records_dropped"].items()))
+    lines.extend(_fault_lines(s))
     if s.get("record_dir"):
         lines.append(f"  records: {s['record_dir']}")
     return "\n".join(lines)
+
+
+def _fault_lines(s: dict[str, Any]) -> list[str]:
+    """What the run could not finish: events not delivered, records not written, frames not read."""
+    lines = []
+    for name, u in (s.get("undelivered") or {}).items():
+        lines.append(f"  NOT DELIVERED: {u['count']} events of output {name}, kept in {u['where']}: sent at the "
+                     "next start (or `edgead outbox flush`)")
+    record = s.get("record") or {}
+    if record.get("complete") is False:
+        ev = record.get("events", {})
+        lines.append(f"  RECORD INCOMPLETE in {record.get('dir')}: {ev.get('not_written', 0)} event lines not written, "
+                     f"{ev.get('dropped', 0)} dropped, run.json {'written' if record.get('run_json_written') else 'NOT written'}"
+                     f"{'; ' + str(record['last_error']) if record.get('last_error') else ''}")
+    src = s.get("source") or {}
+    if src.get("ended_early") or src.get("unreadable") or src.get("skipped"):
+        lines.append(f"  SOURCE: {src.get('read')} of {src.get('expected')} frames read, {src.get('unreadable', 0)} "
+                     f"unreadable, {len(src.get('skipped') or [])} skipped"
+                     + (" (ended early)" if src.get("ended_early") else ""))
+    return lines
 
 
 class _Signals:
@@ -177,7 +202,7 @@ def _engine(cfg: RunConfig, detector: Detector | None, force: bool, log: Log,
         detector = load_detector(cfg.engine, cfg.backend, cfg.precision, cfg.threads)  # type: ignore[arg-type]
     calibration = load_calibration(cfg.calibration, detector, force)  # type: ignore[arg-type]
     if calibration.get("forced"):
-        warnings.append("calibration from another engine used because of --force")
+        warnings.append(f"calibration used despite: {calibration.get('forced_reason')} (--force)")
     spec, roi_warning = check_roi(engine_preprocessing(cfg.engine), cfg.roi)  # type: ignore[arg-type]
     if roi_warning:
         log(roi_warning)
@@ -190,7 +215,8 @@ def _engine(cfg: RunConfig, detector: Detector | None, force: bool, log: Log,
 
 
 def _http_view(cfg: RunConfig, spec: PreprocessSpec, vrange: tuple[float, float], metrics: RunMetrics,
-               health: Callable[[], dict[str, Any]], log: Log) -> tuple[Any, Any]:
+               health: Callable[[], dict[str, Any]], ack: Callable[[str | None], list[str]],
+               log: Log) -> tuple[Any, Any]:
     """The live view and its server, bound before anything is written: a busy port fails the start cleanly."""
     if not cfg.http.listen:
         return None, None
@@ -198,10 +224,11 @@ def _http_view(cfg: RunConfig, spec: PreprocessSpec, vrange: tuple[float, float]
 
     host, port = parse_listen(cfg.http.listen)
     if not _is_loopback(host):
-        log(f"WARNING: the live view and metrics are served on {host}:{port}, reachable from other "
-            "machines (no authentication); use 127.0.0.1 unless that is intended")
+        log(f"WARNING: the live view and metrics are served on {host}:{port}, reachable from other machines "
+            "without authentication (acknowledging alarms from there needs http.token); use 127.0.0.1 unless "
+            "that is intended")
     live = LiveView(spec, vrange)
-    return live, HttpView(host, port, live, health, metrics.render, cfg.http.max_fps)
+    return live, HttpView(host, port, live, health, metrics.render, cfg.http.max_fps, ack=ack, token=cfg.http.token)
 
 
 def _loop_options(cfg: RunConfig, source: FrameSource, max_batch: int) -> LoopOptions:
@@ -226,7 +253,8 @@ def _run_info(cfg: RunConfig, detector: Detector, calibration: dict[str, Any], s
             "engine": {"path": str(cfg.engine), "fingerprint": detector.fingerprint,
                        "backend": detector.backend, "precision": detector.precision},
             "calibration": {"path": str(cfg.calibration), "threshold": calibration.get("threshold"),
-                            "rule": calibration.get("rule"), "forced": bool(calibration.get("forced"))},
+                            "rule": calibration.get("rule"), "forced": bool(calibration.get("forced")),
+                            "forced_reason": calibration.get("forced_reason")},
             "camera": source.name, "preprocess": spec.to_dict(), "config": cfg.to_dict(),
             "mode": "trigger" if opts.trigger else f"free-running, every {opts.nth} frame(s)",
             "max_batch": opts.max_batch, "warnings": warnings}
@@ -237,14 +265,27 @@ def _finish(loop: Loop, recorder: Recorder | None, run_info: dict[str, Any], war
     summary = loop.summary()
     summary["record_dir"] = str(recorder.dir) if recorder else None
     summary["warnings"] = warnings
-    summary["exit_code"] = EXIT_FAULT_STOP if (loop.stopped_by or "").startswith(("safe action", "reject output")) \
-        else EXIT_OK
+    summary["undelivered"] = loop.sinks.undelivered() if loop.sinks is not None else {}
+    summary["source"] = loop.source.accounting()
     if recorder is not None:
-        recorder.close({**run_info, "summary": summary})
+        summary["record"] = recorder.close({**run_info, "summary": summary})
+    summary["exit_code"] = _exit_code(loop, summary)
     out(format_summary(summary))
     if loop.fatal is not None:
         raise loop.fatal
     return summary
+
+
+def _exit_code(loop: Loop, summary: dict[str, Any]) -> int:
+    source = summary.get("source") or {}
+    record = summary.get("record") or {}
+    for failed, code in (((loop.stopped_by or "").startswith(("safe action", "reject output")), EXIT_FAULT_STOP),
+                         (bool(summary["undelivered"]), EXIT_UNDELIVERED),
+                         (record.get("complete") is False, EXIT_RECORD_INCOMPLETE),
+                         (bool(source.get("ended_early") or source.get("unreadable")), EXIT_SOURCE_SHORT)):
+        if failed:
+            return code
+    return EXIT_OK
 
 
 def run(cfg: RunConfig, *, force: bool = False, detector: Detector | None = None,
@@ -268,13 +309,17 @@ def run(cfg: RunConfig, *, force: bool = False, detector: Detector | None = None
             sinks if isinstance(sinks, SinkGroup) else SinkGroup([sinks])
         if group is not None:
             closers.append(group.close)
+            for name in group.outbox_pending():
+                metrics.outbox_pending.set_function(lambda name=name: float(group.outbox_pending().get(name, 0)),
+                                                    output=name)
         if source is None:
             source = _build_source(cfg)
         source.open()
         closers.append(source.close)
         vrange = heat_range(calibration)
         live, http = _http_view(cfg, spec, vrange, metrics,
-                                lambda: _health(loop, group) if loop else {"status": "starting"}, log)
+                                lambda: _health(loop, group) if loop else {"status": "starting"},
+                                lambda key: loop.ack_alarms(key) if loop else [], log)
         if http is not None:
             closers.append(http.stop)
         recorder = None
@@ -286,10 +331,11 @@ def run(cfg: RunConfig, *, force: bool = False, detector: Detector | None = None
         opts = _loop_options(cfg, source, max_batch)
         loop = Loop(source=source, detector=detector, calibration=calibration, spec=spec, decide=decide,
                     options=opts, metrics=metrics, sinks=group, recorder=recorder, live=live, log=log,
-                    on_alarm=None if group is None else lambda reason: group.raise_alarm("edgead", reason))
+                    on_alarm=None if group is None else lambda reason: group.raise_alarm("edgead", reason),
+                    on_clear=None if group is None else group.clear_alarm_outputs)
         loop.warnings.extend(warnings)
-        if group is not None:   # from now on an output failure is one of the loop's alarms
-            group.on_alarm = loop.output_failed
+        if group is not None:   # from now on an output's failure and recovery are the loop's alarms
+            group.set_callbacks(loop.output_failed, loop.output_recovered)
         if http is not None:
             http.start()
             log(f"live view on http://{http.address[0]}:{http.address[1]}/ (/health, /metrics)")

@@ -227,18 +227,26 @@ class RunMetrics:
         self.late_decisions = r.counter("edgead_late_decisions_total",
                                         "Decisions that arrived after their part's deadline had fired the safe action.")
         self.alarms = r.counter("edgead_alarms_total", "Alarms raised, by reason.")
+        self.alarms_active = r.gauge("edgead_alarms_active",
+                                     "Alarms active now (not yet cleared by their condition or acknowledged).")
         self.camera_errors = r.counter("edgead_camera_errors_total", "Exceptions raised by the camera.")
         self.camera_reconnects = r.counter("edgead_camera_reconnects_total", "Camera reconnections.")
         self.camera_stalls = r.counter("edgead_camera_stalls_total", "Periods without frames longer than stall_alarm_s.")
         self.sink_errors = r.counter("edgead_sink_errors_total", "Reject-output failures (an exception, an output gone, a missed pulse, a dropped event).")
         self.records_dropped = r.counter("edgead_records_dropped_total",
-                                         "Records not written because the disk was too slow, by kind.")
+                                         "Records not written because the disk was too slow or short of space, "
+                                         "by kind.")
+        self.record_write_errors = r.counter("edgead_record_write_errors_total",
+                                             "Records the disk refused (full, read-only, failing), by kind "
+                                             "(event, image, run_json); each one is an alarm.")
         self.records_deleted = r.counter("edgead_records_deleted_total", "Files deleted to keep the disk quota.")
         self.latency = r.histogram("edgead_latency_seconds",
                                    "Per-part latency by stage: queue, preprocess, infer, decide, total (capture->decision).")
         self.batch = r.histogram("edgead_batch_size", "Frames per inference batch.",
                                  buckets=(1, 2, 4, 8, 16, 32, 64))
         self.queue_depth = r.gauge("edgead_queue_depth", "Items waiting in each queue.")
+        self.outbox_pending = r.gauge("edgead_outbox_pending",
+                                      "Events waiting in an output's durable outbox for the peer's acknowledgement.")
         self.up = r.gauge("edgead_up", "1 while the loop inspects parts.")
 
     def render(self) -> str:

@@ -15,7 +15,9 @@ from edgead.protocols import InspectionEvent, SinkHealth
 
 _logger = logging.getLogger("edgead.signals")  # the package's one logger, whichever module logs
 
-# (sink name, kind, detail); kind is "failure", "recovered", "missed" or "dropped".
+# (sink name, kind, detail); kind is "failure" (the peer or output is gone: cleared by "recovered"),
+# "recovered", "missed" (a part not kicked) or "dropped" (an event not kept): the last two stay
+# until the operator acknowledges them.
 Listener = Callable[[str, str, str], None]
 
 
@@ -34,6 +36,7 @@ class SinkBase:
         self.listener: Listener | None = None
         self._health = SinkHealth(False, "starting")
         self._health_lock = threading.Lock()
+        self._failed = False            # a failure was reported and has not recovered yet
 
     def reject(self, event: InspectionEvent) -> None:
         raise NotImplementedError
@@ -48,24 +51,43 @@ class SinkBase:
     def health(self) -> SinkHealth:
         return self._health
 
+    def outbox_pending(self) -> int | None:
+        """Events waiting in this output's durable outbox; None for an output without one."""
+        return None
+
+    def undelivered(self) -> dict[str, object] | None:
+        """{"count": n, "where": outbox folder, ...} when events were not delivered; None when all were."""
+        return None
+
     def _ok(self) -> None:
         with self._health_lock:
             was, self._health = self._health, SinkHealth(True)
-        if not was.ok and was.detail != "starting":
+            failed, self._failed = self._failed, False
+        if failed:
             self._notify("recovered", f"{self.target}: back after: {was.detail}")
+
+    def attach(self, listener: Listener) -> str | None:
+        """Set the listener; returns the failure it has not heard of (the output failed before), if any.
+
+        Atomic with _fail: a failure is reported either through the listener or by this return, once."""
+        with self._health_lock:
+            self.listener = listener
+            return self._health.detail if self._failed else None
 
     def _fail(self, detail: str, every_time: bool = False) -> None:
         """Record an I/O failure; alarm on the ok -> failed transition only (no alarm storm), or on
-        every call for a failure that lost something (an event given up)."""
+        every call for a failure that matters each time (an event refused by the peer)."""
         self.stats["errors"] += 1
         with self._health_lock:
-            was, self._health = self._health, SinkHealth(False, detail)
-        if was.ok or was.detail == "starting" or every_time:
-            self._notify("failure", detail)
+            self._health = SinkHealth(False, detail)
+            first, self._failed = not self._failed, True
+            listener = self.listener
+        if first or every_time:
+            self._notify("failure", detail, listener)
 
-    def _notify(self, kind: str, detail: str) -> None:
+    def _notify(self, kind: str, detail: str, listener: Listener | None = None) -> None:
         (_logger.info if kind == "recovered" else _logger.warning)("output %s: %s: %s", self.name, kind, detail)
-        listener = self.listener
+        listener = listener or self.listener
         if listener is not None:
             try:
                 listener(self.name, kind, detail)

@@ -14,6 +14,7 @@ So every unknown key, missing key and bad value is an EdgeADError naming the out
 
 from __future__ import annotations
 
+import math
 import os
 import string
 from dataclasses import dataclass, field
@@ -96,7 +97,16 @@ class ModbusConfig(TimedConfig):
 
 
 @dataclass
-class MqttConfig(SinkConfig):
+class PeerConfig(SinkConfig):
+    """An output whose events go to a peer (mqtt, webhook): they wait in a durable outbox until acknowledged."""
+
+    outbox_mb: float = 64.0       # bytes the outbox folder may hold; a full one refuses events (counted, alarm)
+    outbox_fsync_every: int = 32  # records are fsync'd in batches: every this many records ...
+    outbox_fsync_ms: float = 50.0  # ... or this often, whichever comes first
+
+
+@dataclass
+class MqttConfig(PeerConfig):
     host: str = ""
     port: int = 1883
     line: str = "line1"           # fills {line} in the topics
@@ -116,7 +126,7 @@ class MqttConfig(SinkConfig):
     certfile: str = ""
     keyfile: str = ""
     tls_insecure: bool = False    # skip the broker host name check (self-signed test brokers only)
-    outbox: int = 1000            # events kept while the broker is down, sent in order on reconnect
+    outbox: int = 1000            # events read ahead from the durable outbox into memory for sending
     window: int = 10              # unacknowledged messages in flight
     reconnect_min_ms: float = 200.0
     reconnect_max_ms: float = 5000.0
@@ -124,15 +134,16 @@ class MqttConfig(SinkConfig):
 
 
 @dataclass
-class WebhookConfig(SinkConfig):
+class WebhookConfig(PeerConfig):
     url: str = ""
     per_part: bool = False
     timeout_ms: float = 2000.0
-    retries: int = 3              # attempts after the first one
-    backoff_ms: float = 200.0     # doubles after each failed attempt
+    retries: int = 3              # attempts after the first one before the alarm (the event is kept and retried)
+    backoff_ms: float = 200.0     # doubles after each failed attempt ...
+    backoff_max_ms: float = 10000.0  # ... up to this
     token: str = ""               # sent as "Authorization: Bearer <token>"
     token_env: str = ""           # read the token from this environment variable instead
-    queue: int = 1000
+    queue: int = 1000             # events read ahead from the durable outbox into memory for sending
 
 
 @dataclass
@@ -225,7 +236,16 @@ def _validate_timed(where: str, cfg: TimedConfig, raw: dict[str, Any]) -> None:
         _need(w, enc.line is not None, "a gpio encoder needs 'line'", "the line offset the encoder pulses arrive on")
 
 
+def _validate_peer(where: str, cfg: PeerConfig) -> None:
+    _need(where, math.isfinite(cfg.outbox_mb) and cfg.outbox_mb > 0, f"'outbox_mb' has a bad value {cfg.outbox_mb!r}",
+          "the megabytes the output's outbox may hold on disk, e.g. outbox_mb: 64")
+    _need(where, cfg.outbox_fsync_every >= 1 and math.isfinite(cfg.outbox_fsync_ms) and cfg.outbox_fsync_ms > 0,
+          "'outbox_fsync_every' must be >= 1 and 'outbox_fsync_ms' > 0", "the defaults (32 records, 50 ms) are usually right")
+
+
 def _validate(where: str, cfg: SinkConfig, raw: dict[str, Any]) -> None:
+    if isinstance(cfg, PeerConfig):
+        _validate_peer(where, cfg)
     if isinstance(cfg, TimedConfig):
         _validate_timed(where, cfg, raw)
     if isinstance(cfg, GpioConfig):
@@ -257,6 +277,8 @@ def _validate(where: str, cfg: SinkConfig, raw: dict[str, Any]) -> None:
               "e.g. url: http://mes.local:8080/edgead/events")
         _need(where, cfg.retries >= 0 and cfg.queue >= 1 and cfg.timeout_ms > 0, "retries >= 0, queue >= 1, timeout_ms > 0",
               "e.g. retries: 3")
+        _need(where, 0 < cfg.backoff_ms <= cfg.backoff_max_ms, "backoff_ms must be > 0 and <= backoff_max_ms",
+              "e.g. backoff_ms: 200, backoff_max_ms: 10000")
         _need(where, not (cfg.token and cfg.token_env), "give 'token' or 'token_env', not both",
               "token_env names an environment variable that holds the token")
     elif isinstance(cfg, SerialConfig):

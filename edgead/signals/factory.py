@@ -1,7 +1,9 @@
 """From the run YAML's `outputs:` list to open outputs, and the start-up check that they are reachable.
 
 An output's module is imported only when that output is configured, so its optional library
-(pymodbus, paho-mqtt, gpiod, pyserial) is needed only where it is used.
+(pymodbus, paho-mqtt, gpiod, pyserial) is needed only where it is used. The outputs whose events
+go to a peer (OUTBOX_TYPES) keep them in a durable outbox under `outbox_dir` (None:
+`$EDGEAD_STATE_DIR/outbox`, the state folder defaulting to ~/.local/state/edgead).
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import importlib
 import logging
 import time
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from edgead.errors import EdgeADError
@@ -26,18 +29,22 @@ SINK_CLASSES = {
     "serial": "edgead.signals.serial:SerialSink",
     "log": "edgead.signals.log:LogSink",
 }
+OUTBOX_TYPES = ("mqtt", "webhook")     # events to a peer: through a durable outbox (the timed ones must not be late)
 
 
-def build_sink(cfg: SinkConfig | dict[str, Any], index: int = 0) -> SinkBase:
-    """One sink from its config (a typed config or the raw YAML mapping)."""
+def build_sink(cfg: SinkConfig | dict[str, Any], index: int = 0, outbox_dir: str | Path | None = None) -> SinkBase:
+    """One sink from its config (a typed config or the raw YAML mapping); mqtt and webhook open their outbox
+    folder under outbox_dir (None: the default, see the module docstring)."""
     if isinstance(cfg, dict):
         cfg = parse_sink(cfg, index)
     module, cls = SINK_CLASSES[cfg.type].split(":")
-    sink: SinkBase = getattr(importlib.import_module(module), cls)(cfg)
+    factory = getattr(importlib.import_module(module), cls)
+    sink: SinkBase = factory(cfg, outbox_dir=outbox_dir) if cfg.type in OUTBOX_TYPES else factory(cfg)
     return sink
 
 
-def build_sinks(config_list: Sequence[SinkConfig | dict[str, Any]] | None) -> list[RejectSink]:
+def build_sinks(config_list: Sequence[SinkConfig | dict[str, Any]] | None,
+                outbox_dir: str | Path | None = None) -> list[RejectSink]:
     """All sinks of an `outputs:` list. Configs are checked first, so a typo opens nothing."""
     raw = list(config_list or [])
     if all(isinstance(c, dict) for c in raw):
@@ -47,7 +54,7 @@ def build_sinks(config_list: Sequence[SinkConfig | dict[str, Any]] | None) -> li
     sinks: list[RejectSink] = []
     try:
         for i, cfg in enumerate(configs):
-            sinks.append(build_sink(cfg, i))
+            sinks.append(build_sink(cfg, i, outbox_dir=outbox_dir))
     except BaseException:
         for sink in sinks:
             sink.close()

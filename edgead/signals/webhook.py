@@ -1,9 +1,12 @@
 """Webhook output: HTTP POST of the JSON event to a MES or alerting endpoint, with retries.
 
-Posts go out from the sink's own thread in order; a failed post is retried with doubling backoff
-(connection errors, timeouts, 5xx, 408 and 429), while other 4xx answers fail at once (a wrong URL
-or token does not get better by asking again). After the last retry the event is given up and the
-alarm raised. Standard library only (urllib), so it works wherever edgead does.
+Every event goes into the output's durable outbox first (edgead.signals.outbox); the sender thread
+posts the records in order and a record leaves the outbox on a 2xx answer. A failed post is
+retried with doubling backoff (connection errors, timeouts, 5xx, 408 and 429); after `retries`
+the alarm is raised and the event keeps being retried (capped backoff) until the peer is back or
+edgead stops, when it stays in the outbox for the next start. Other 4xx answers are not retried (a
+wrong URL or token does not get better by asking again): the event is alarmed, left in the
+outbox for the next start, and the next one is posted. Standard library only (urllib).
 """
 
 from __future__ import annotations
@@ -13,47 +16,63 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from pathlib import Path
 
 from edgead.protocols import InspectionEvent
-from edgead.signals.base import SinkBase
 from edgead.signals.config import WebhookConfig, resolve_secret
 from edgead.signals.log import event_json, utc_now
-from edgead.signals.worker import Worker
+from edgead.signals.outbox import Record
+from edgead.signals.outbox_sink import OutboxSink
 
 RETRYABLE_HTTP = (408, 429)
 
 
-class WebhookSink(SinkBase):
-    def __init__(self, cfg: WebhookConfig, probe: bool = True) -> None:
+class _Refused(Exception):
+    """The peer answered a 4xx that asking again will not change."""
+
+
+class WebhookSink(OutboxSink):
+    PROBE_S = 1.0       # while the peer is unreachable and nothing waits: how often to see whether it is back
+
+    def __init__(self, cfg: WebhookConfig, probe: bool = True, outbox_dir: str | Path | None = None) -> None:
         url = urllib.parse.urlsplit(cfg.url)
+        token = resolve_secret("webhook", cfg.name, "token", cfg.token, cfg.token_env)
+        super().__init__(cfg, cfg.url, outbox_dir, readahead=cfg.queue)
         self.host = url.hostname or ""
         self.port = url.port or (443 if url.scheme == "https" else 80)
-        super().__init__(cfg.name, cfg.url)
         self.cfg = cfg
-        self._drop_reported = False
-        token = resolve_secret("webhook", cfg.name, "token", cfg.token, cfg.token_env)
         self._headers = {"Content-Type": "application/json", "User-Agent": "edgead"}
         if token:
             self._headers["Authorization"] = f"Bearer {token}"
-        self.worker: Worker[bytes] = Worker(self._deliver, maxlen=cfg.queue, name=f"{cfg.name}-poster",
-                                            on_error=self._on_error, on_drop=self._on_drop)
+        self._unreachable = False
+        self._retries_alarmed = False
+        self._next_probe = 0.0
         if probe:
             self.probe()
+        self.start_sender()
 
     def probe(self) -> bool:
         """Is anything listening at the URL's host and port? (Health at start, without posting.)"""
-        try:
-            with socket.create_connection((self.host, self.port), timeout=self.cfg.timeout_ms / 1000):
-                pass
-        except OSError as err:
-            self._fail(f"cannot connect to {self.host}:{self.port}: {err}")
+        why = self._connect_error()
+        if why:
+            self._fail(why)
             return False
         self._ok()
         return True
 
+    def _connect_error(self) -> str:
+        try:
+            with socket.create_connection((self.host, self.port), timeout=self.cfg.timeout_ms / 1000):
+                pass
+        except OSError as err:
+            self._unreachable = True
+            return f"cannot connect to {self.host}:{self.port}: {err}"
+        self._unreachable = False
+        return ""
+
     def reject(self, event: InspectionEvent) -> None:
         if self.wants(event, self.cfg.per_part):
-            self.worker.put(event_json(event).encode())
+            self._append(event, {"body": event_json(event)})
 
     def post(self, body: bytes) -> int:
         """One POST; returns the HTTP status (2xx), raises HTTPError / URLError / OSError."""
@@ -62,41 +81,59 @@ class WebhookSink(SinkBase):
             resp.read()
             return int(resp.status)
 
-    def _deliver(self, body: bytes) -> None:
+    def _attempt(self, body: bytes) -> str:
+        """One POST: "" when the peer took it, else why not; _Refused for a 4xx not worth retrying."""
+        try:
+            self.post(body)
+            return ""
+        except urllib.error.HTTPError as err:
+            if err.code < 500 and err.code not in RETRYABLE_HTTP:
+                raise _Refused(f"HTTP {err.code} {err.reason} (not retried: check the url and token)") from None
+            self._unreachable = False
+            return f"HTTP {err.code} {err.reason}"
+        except (urllib.error.URLError, OSError) as err:
+            self._unreachable = True
+            return str(getattr(err, "reason", err))
+
+    def _send(self, rec: Record) -> None:
+        body = str(rec.msg["body"]).encode()
         delay = self.cfg.backoff_ms / 1000
-        for attempt in range(self.cfg.retries + 1):
+        attempts = 0
+        while True:
             try:
-                self.post(body)
+                why = self._attempt(body)
+            except _Refused as err:
+                self.stats["rejected"] += 1
+                self._unreachable = False
+                self._fail(f"POST {self.cfg.url} refused event {rec.event_id}: {err}; it stays in the outbox "
+                           f"for the next start", every_time=True)
+                self._skip(rec)
+                return
+            attempts += 1
+            if not why:
+                self._acked(rec.n)
                 self.stats["sent"] += 1
-                self._drop_reported = False
+                self._retries_alarmed = False
                 self._ok()
                 return
-            except urllib.error.HTTPError as err:
-                if err.code < 500 and err.code not in RETRYABLE_HTTP:
-                    raise OSError(f"HTTP {err.code} {err.reason} (not retried: check the url and token)") from None
-                last: Exception = OSError(f"HTTP {err.code} {err.reason}")
-            except (urllib.error.URLError, OSError) as err:
-                last = OSError(str(getattr(err, "reason", err)))
-            if attempt == self.cfg.retries:
-                break
+            if attempts == self.cfg.retries + 1 and not self._retries_alarmed:   # once per outage
+                self._retries_alarmed = True
+                self.stats["failed"] += 1
+                self._fail(f"POST {self.cfg.url} failed: {why} after {attempts} attempts; events wait in the "
+                           f"outbox and are retried", every_time=True)
             self.stats["retries"] += 1
-            if not self.worker.pause(delay):
-                return
-            delay *= 2
-        raise OSError(f"{last} after {self.cfg.retries + 1} attempts")
+            if self._stop_sending.wait(delay):
+                return                      # closing: stays in the outbox for the next start
+            delay = min(delay * 2, self.cfg.backoff_max_ms / 1000)
 
-    def _on_error(self, body: bytes, err: BaseException) -> None:
-        self.stats["failed"] += 1
-        self._fail(f"POST {self.cfg.url} failed: {err}; the event was given up", every_time=True)
-
-    def _on_drop(self, body: bytes) -> None:
-        self.stats["dropped"] += 1
-        if not self._drop_reported:          # one alarm until the next successful post, not one per event
-            self._drop_reported = True
-            self._notify("dropped", f"queue full ({self.cfg.queue}): events are not being posted to {self.cfg.url}")
+    def _idle(self) -> None:
+        if self._unreachable and time.monotonic() >= self._next_probe:
+            self._next_probe = time.monotonic() + self.PROBE_S
+            if not self._connect_error():
+                self._ok()                  # the peer is back: "recovered" clears its alarm
 
     def fire_test(self) -> str:
-        """POST one test event now (no retries) and report the answer."""
+        """POST one test event now (not through the outbox, no retries) and report the answer."""
         event = InspectionEvent(seq=0, t_capture=time.monotonic(), wall_time=utc_now(), decision="test",
                                 score=None, threshold=None, reason="edgead signals test")
         try:
@@ -107,7 +144,7 @@ class WebhookSink(SinkBase):
             raise OSError(f"cannot reach {self.cfg.url}: {err.reason}") from None
         return f"POST {self.cfg.url} -> HTTP {status}"
 
-    def close(self) -> None:
-        left = self.worker.close(drain_s=2.0)
-        if left:
-            self.stats["unsent"] += len(left)
+    def close(self, drain_s: float = 2.0) -> None:
+        """Post for up to drain_s; what is left stays in the outbox (counted by undelivered())."""
+        self.stop_sender(0.0 if self._unreachable else drain_s)
+        self.close_outbox()

@@ -1,15 +1,18 @@
 """`edgead signals test --config run.yaml`: one test pulse on every output, so an electrician can
 check the wiring before the line runs. Prints OK or FAILED (with the reason) per output; the exit
-code is 0 only when every output is OK.
+code is 0 only when every output is OK. The test events are sent directly, never through an
+output's durable outbox: the sinks get a throw-away outbox folder, so a check neither replays nor
+touches the events a run left for the next start (nor collides with a run that holds them).
 """
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Callable
 
 from edgead.errors import EdgeADError
-from edgead.signals.config import load_outputs
+from edgead.signals.config import SinkConfig, load_outputs
 from edgead.signals.factory import build_sink, check_health
 
 
@@ -22,29 +25,35 @@ def signals_test(config_path: str | Path, out: Callable[[str], None] = print, co
     if not outputs.sinks:
         out(f"FAILED  no outputs configured in {config_path} (add an `outputs:` list)")
         return 1
-    failed = 0
     width = max(len(c.name) for c in outputs.sinks)
-    for i, cfg in enumerate(outputs.sinks):
-        label = f"{cfg.name:<{width}}"
-        try:
-            sink = build_sink(cfg, i)
-        except EdgeADError as err:
-            failed += 1
-            out(f"FAILED  {label}  {err.message}" + (f" ({err.hint})" if err.hint else ""))
-            continue
-        try:
-            check_health([sink], allow_degraded=True, timeout_s=connect_timeout_s, warn=lambda s: None)
-            detail = sink.fire_test()
-            out(f"OK      {label}  {detail}")
-        except Exception as err:
-            failed += 1
-            reason = err.message if isinstance(err, EdgeADError) else str(err) or type(err).__name__
-            out(f"FAILED  {label}  {sink.target}: {reason}")
-        finally:
-            try:
-                sink.close()
-            except Exception as err:
-                out(f"        {label}  (close failed: {err})")
+    with tempfile.TemporaryDirectory(prefix="edgead-signals-test-") as outbox_dir:
+        failed = sum(_test_one(cfg, i, f"{cfg.name:<{width}}", outbox_dir, out, connect_timeout_s)
+                     for i, cfg in enumerate(outputs.sinks))
     n = len(outputs.sinks)
     out(f"{n} output{'s' if n != 1 else ''}: {n - failed} OK, {failed} FAILED")
     return 0 if failed == 0 else 1
+
+
+def _test_one(cfg: SinkConfig, i: int, label: str, outbox_dir: str, out: Callable[[str], None],
+              connect_timeout_s: float) -> int:
+    """Fire one output's test and print its line; 1 when it failed, else 0."""
+    try:
+        sink = build_sink(cfg, i, outbox_dir=outbox_dir)
+    except EdgeADError as err:
+        out(f"FAILED  {label}  {err.message}" + (f" ({err.hint})" if err.hint else ""))
+        return 1
+    failed = 0
+    try:
+        check_health([sink], allow_degraded=True, timeout_s=connect_timeout_s, warn=lambda s: None)
+        detail = sink.fire_test()
+        out(f"OK      {label}  {detail}")
+    except Exception as err:
+        failed = 1
+        reason = err.message if isinstance(err, EdgeADError) else str(err) or type(err).__name__
+        out(f"FAILED  {label}  {sink.target}: {reason}")
+    finally:
+        try:
+            sink.close()
+        except Exception as err:
+            out(f"        {label}  (close failed: {err})")
+    return failed

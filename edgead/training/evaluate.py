@@ -13,15 +13,17 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from edgead.data.images import read_image
+from edgead.data.images import load_image, read_image
 from edgead.data.mvtec import Sample, test_samples
 from edgead.training.device import pick_device
 from edgead.errors import EdgeADError
 from edgead.io import atomic_write_json
 from edgead.training.metrics import evaluate_predictions
+from edgead.training.paths import check_out_dir, write_failed
+from edgead.schema import is_int
 from edgead.model.artifact import load_model
 from edgead.model.kd import DualKD
-from edgead.preprocess import PreprocessSpec, preprocess, preprocess_mask, to_display
+from edgead.preprocess import PreprocessSpec, preprocess_mask, to_display
 
 
 @torch.no_grad()
@@ -46,9 +48,10 @@ def score_samples(model: DualKD, samples: list[Sample], batch_size: int, device:
         batch.clear()
         batch_samples.clear()
 
+    min_side = model.cfg.min_input_size()[0]
     for sample in samples:
         try:
-            batch.append(preprocess(read_image(sample.path), spec))
+            batch.append(load_image(sample.path, spec, min_side))
         except EdgeADError:
             if not skip_bad:
                 raise
@@ -81,6 +84,10 @@ def evaluate(model_dir: str | Path, data: str | Path, out: str | Path | None = N
              log: Callable[[str], None] = print) -> dict[str, Any]:
     """Metrics of the model in `model_dir` on the test split of `data`; with `out`, also eval.json and
     the figures there, so a report can be read and compared without the model or a torch install."""
+    if not is_int(batch_size) or batch_size < 1:
+        raise EdgeADError(f"--batch-size must be a whole number >= 1, got {batch_size!r}", "8 is the default")
+    if out is not None:
+        check_out_dir(Path(out), "--out", "report")
     dev = pick_device(device)
     model, metadata = load_model(model_dir, dev)
     samples = test_samples(Path(data))
@@ -102,9 +109,13 @@ def evaluate(model_dir: str | Path, data: str | Path, out: str | Path | None = N
     }
     if out is not None:
         out = Path(out)
-        atomic_write_json(out / "eval.json", result)
-        if figures:
-            write_figures(out, model, kept, scores, maps, masks)
+        try:
+            (out / "eval.json").unlink(missing_ok=True)      # an older report never sits beside new figures
+            if figures:
+                write_figures(out, model, kept, scores, maps, masks)
+            atomic_write_json(out / "eval.json", result)     # last: its presence means a complete report
+        except OSError as exc:
+            raise write_failed(out, exc, "--out", "the metrics were not saved: run eval again") from None
         log(f"report written to {out / 'eval.json'}")
     return result
 

@@ -29,10 +29,13 @@ from edgead.io import atomic_write_bytes, sha256_file
 from edgead.model.artifact import CONFIG_FILE, METADATA_FILE, save_model
 from edgead.model.kd import DualKD, Features, describe, kd_loss
 from edgead.training.batches import batches, cache_teacher, take
+from edgead.training.paths import check_out_dir, write_failed
 from edgead.training.statistics import fit_statistics
-from edgead.model.weights import resolve_weights
+from edgead.model.weights import read_torch_file, resolve_weights
 
 CHECKPOINT = Path("checkpoint") / "last.pt"
+CHECKPOINT_KEYS = {"model", "best", "optimizer", "scheduler", "epoch", "best_epoch", "best_val", "history", "config",
+                   "data_fingerprint", "torch_rng"}
 
 
 @dataclass
@@ -118,7 +121,12 @@ def _save_checkpoint(out: Path, model: DualKD, best_state: dict, optimizer: torc
                 "scheduler": scheduler.state_dict(), "epoch": epoch, "best_epoch": best_epoch,
                 "best_val": best_val, "history": history, "config": cfg.to_dict(), "data_fingerprint": fingerprint,
                 "torch_rng": torch.get_rng_state()}, buf)
-    atomic_write_bytes(out / CHECKPOINT, buf.getvalue())
+    try:
+        atomic_write_bytes(out / CHECKPOINT, buf.getvalue())
+    except OSError as exc:
+        kept = (f"the checkpoint after epoch {len(history) - 1} is intact: continue with --resume" if len(history) > 1
+                else "no checkpoint was written: run the same command again")
+        raise write_failed(out / CHECKPOINT, exc, "--out", kept) from None
 
 
 @dataclass
@@ -149,9 +157,10 @@ class _Progress:
 def _load_images(data: str | Path, cfg: ModelConfig, model: DualKD, dev: torch.device, skip_bad: bool,
                  log: Callable[[str], None]) -> _Images:
     paths = good_images(Path(data))
-    images_np, kept, bad = load_batch(paths, cfg.input, skip_bad=skip_bad)
+    images_np, kept, bad = load_batch(paths, cfg.input, skip_bad=skip_bad, min_side=cfg.min_input_size()[0])
     if bad:
-        log(f"skipped {len(bad)} unreadable image(s): {', '.join(p.name for p in bad[:5])}")
+        log(f"skipped {len(bad)} unreadable or too small image(s): {', '.join(p.name for p in bad[:5])}"
+            f"{' ...' if len(bad) > 5 else ''}")
     if len(kept) < 10:
         raise EdgeADError(f"only {len(kept)} readable good images in {data}", "training needs at least 10 good images")
     train_idx, val_idx = split_train_val(len(kept), cfg.train.val_fraction, cfg.train.seed)
@@ -169,7 +178,9 @@ def _resume(out: Path, data: str | Path, cfg: ModelConfig, fingerprint: str, mod
     ckpt_path = out / CHECKPOINT
     if not ckpt_path.is_file():
         raise EdgeADError(f"nothing to resume: {ckpt_path} does not exist", "start a new run without --resume")
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    ckpt = read_torch_file(ckpt_path, "checkpoint", "start a new run without --resume (or with --overwrite)")
+    if not isinstance(ckpt, dict) or not CHECKPOINT_KEYS <= set(ckpt):
+        raise EdgeADError(f"{ckpt_path} is not a checkpoint edgead wrote", "start a new run without --resume")
     if ckpt.get("data_fingerprint") != fingerprint:
         raise EdgeADError(f"the checkpoint in {out} was trained on other images than {data}",
                           "resume with the same images, or start a new run")
@@ -227,6 +238,7 @@ def train(data: str | Path, out: str | Path, cfg: ModelConfig, *, skip_bad: bool
           overwrite: bool = False, device: str | None = None, progress: bool = True,
           log: Callable[[str], None] = print) -> TrainResult:
     out = Path(out)
+    check_out_dir(out, "--out", "model")
     if (out / METADATA_FILE).exists() and not (resume or overwrite):
         raise EdgeADError(f"{out} already holds a trained model",
                           "choose another --out, or pass --overwrite to replace it (--resume to continue it)")
@@ -234,6 +246,7 @@ def train(data: str | Path, out: str | Path, cfg: ModelConfig, *, skip_bad: bool
     torch.manual_seed(cfg.train.seed)
     start = time.perf_counter()
     model = DualKD(cfg).to(dev)
+    check_out_dir(out, "--out", "model", need_bytes=_bytes_to_write(model))
     im = _load_images(data, cfg, model, dev, skip_bad, log)
     steps_per_epoch = len(batches(len(im.train), cfg.train.batch_size, None))
     optimizer = torch.optim.Adam(model.trainable_parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
@@ -256,8 +269,20 @@ def train(data: str | Path, out: str | Path, cfg: ModelConfig, *, skip_bad: bool
     stats = fit_statistics(model, im.val, im.val_cache, cfg, dev, im.train, im.train_cache)
     seconds = time.perf_counter() - start
     metadata = _metadata(data, cfg, model, im, state, dev, seconds, loop_seconds, stats)
-    save_model(out, model, metadata)
+    try:
+        save_model(out, model, metadata)
+    except OSError as exc:
+        raise write_failed(out, exc, "--out",
+                           "the checkpoint is kept: run the same command with --resume to write the model "
+                           "without training again") from None
     return TrainResult(out, len(state.history), state.best_epoch, state.best_val, seconds, state.interrupted, metadata)
+
+
+def _bytes_to_write(model: DualKD) -> int:
+    """The most training has on disk at once: two checkpoints (weights, best weights, Adam's two moments
+    each) while the new one replaces the old, and the model's weights; plus a MB for the small files."""
+    student = sum(t.numel() * t.element_size() for t in model.student_state().values())
+    return 9 * student + (1 << 20)
 
 
 def _metadata(data: str | Path, cfg: ModelConfig, model: DualKD, im: _Images, state: _Progress, dev: torch.device,

@@ -16,15 +16,6 @@ from edgead.errors import EdgeADError
 from edgead.preprocess import PreprocessSpec, preprocess
 
 
-@pytest.fixture(scope="module")
-def engine(tiny_model, tmp_path_factory):
-    from edgead.export.build import build_engine
-
-    out = tmp_path_factory.mktemp("engines") / "tiny"
-    build_engine(tiny_model, out, max_batch=4, log=lambda s: None)
-    return out
-
-
 def _images(tiny_product, engine):
     spec = PreprocessSpec.from_dict(json.loads((engine / MANIFEST).read_text())["preprocess"])
     samples = test_samples(tiny_product)

@@ -290,8 +290,9 @@ def fake_runtime(no_tensorrt: types.ModuleType, monkeypatch: pytest.MonkeyPatch,
     def open_detector(low: int) -> Any:
         for role in ("teacher", "student"):
             (tmp_path / f"{role}.fp16.plan").write_text(json.dumps({"role": role, "low": low, "high": 4}))
-        manifest = {"max_batch": 4, "feature_names": ["t0_0", "t1_0"], "input": {"shape": ["batch", 3, 16, 16]}}
+        manifest = {"feature_names": ["t0_0", "t1_0"], "input": {"shape": ["batch", 3, 16, 16]}}
         entry = {"precision": "fp16", "fingerprint": "f", "files": {r: f"{r}.fp16.plan" for r in ("teacher", "student")},
+                 "max_batch": 4,
                  "device": {"gpu": "Fake GPU", "compute_capability": "8.7", "tensorrt": "10.3.0", "dla_core": None}}
         return no_tensorrt.TensorRTDetector(tmp_path, manifest, entry)
 

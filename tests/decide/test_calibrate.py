@@ -96,13 +96,14 @@ def test_fingerprint_refusal_and_force(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("edit,message", [
-    (lambda t: "kind: [unclosed\n", "is corrupt (not valid YAML"),
+    (lambda t: "kind: [unclosed\n", "is not valid YAML"),
+    (lambda t: t + "threshold: 0.5\n", "the key 'threshold' is given twice"),
     (lambda t: "just text\n", "is not an edgead calibration record"),
     (lambda t: t + "foo: 1\n", "unknown key 'foo'"),
     (lambda t: t.replace("\nthreshold:", "\nthreshold_x:"), "unknown key 'threshold_x'"),
     (lambda t: "\n".join(line for line in t.splitlines() if not line.startswith("target_frr:")), "lacks the key 'target_frr'"),
     (lambda t: t.replace("  fingerprint:", "  fingerprint2:"), "unknown key 'engine.fingerprint2'"),
-    (lambda t: t.replace("format: 1", "format: 7"), "has format 7"),
+    (lambda t: t.replace("format: 2", "format: 7"), "has format 7"),
     (lambda t: t.replace("rule: image", "rule: area"), "'rule' is 'area'"),
 ])
 def test_bad_records_are_refused_by_name(tmp_path, edit, message):
@@ -308,3 +309,66 @@ def test_cli_errors(engine, held_out, tiny_product, calibrated, tmp_path, capsys
         (few / p.name).write_bytes(p.read_bytes())
     assert "need at least 10" in _err(capsys, ["--check", c, "--good", str(few)])
     assert math.isfinite(read_calibration(calibrated)["threshold"])
+
+
+# ---------------------------------------------------------------- --out is checked before any work; no silent replace
+
+
+def _no_engine_load(monkeypatch) -> None:
+    import edgead.backends
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the engine was loaded: the --out check must come first")
+
+    monkeypatch.setattr(edgead.backends, "load_detector", refuse)
+
+
+def test_an_existing_record_is_not_replaced(engine, held_out, calibrated, monkeypatch, capsys):
+    before = {p.name: p.read_bytes() for p in calibrated.parent.iterdir()}
+    _no_engine_load(monkeypatch)
+    err = _err(capsys, ["--engine", str(engine), "--good", str(held_out), "--target-frr", "0.1",
+                        "--out", str(calibrated)])
+    assert "already exists" in err and "--overwrite" in err and "Traceback" not in err
+    assert {p.name: p.read_bytes() for p in calibrated.parent.iterdir()} == before
+
+
+def test_overwrite_replaces_the_record_and_its_files(engine, held_out, tmp_path):
+    from edgead.decide.calibrate import calibrate
+
+    out = tmp_path / "cal.yaml"
+    calibrate(engine, held_out, target_frr=0.1, method="quantile", out=out, log=lambda s: None)
+    with pytest.raises(EdgeADError, match="already exists"):
+        calibrate(engine, held_out, target_frr=0.2, out=out, log=lambda s: None)
+    assert read_calibration(out)["target_frr"] == 0.1
+    rec, path = calibrate(engine, held_out, target_frr=0.2, out=out, log=lambda s: None, overwrite=True)
+    assert path == out and read_calibration(out)["target_frr"] == 0.2 == rec["target_frr"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cal.png", "cal.yaml"]
+
+
+def test_out_under_a_file_or_on_a_folder_is_one_message_and_no_file(engine, held_out, tmp_path, monkeypatch, capsys):
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "adir.yaml").mkdir()
+    _no_engine_load(monkeypatch)
+    for out, message in ((tmp_path / "afile" / "x.yaml", "is a file, not a folder"),
+                         (tmp_path / "adir.yaml", "is a folder")):
+        err = _err(capsys, ["--engine", str(engine), "--good", str(held_out), "--target-frr", "0.1",
+                            "--out", str(out), "--defects", str(held_out)])
+        assert message in err and "--out" in err and "hint:" in err and "Traceback" not in err
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == ["adir.yaml", "afile"]
+    assert (tmp_path / "afile").read_text() == "x"
+
+
+def test_drift_check_refuses_an_edited_record_unless_forced(calibrated, held_out, tmp_path, capsys):
+    from edgead.decide.drift import check_drift
+
+    rec = yaml.safe_load(calibrated.read_text())
+    rec["threshold"] = float(np.nextafter(rec["threshold"], 1e9))  # one ulp: an edit all the same
+    edited = tmp_path / "edited.yaml"
+    edited.write_text(yaml.safe_dump(rec, sort_keys=False))
+    err = _err(capsys, ["--check", str(edited), "--good", str(held_out)])
+    assert "was edited after calibration" in err and "recalibrate" in err and "--force" in err
+    assert main(["calibrate", "--check", str(edited), "--good", str(held_out), "--force"]) == 0
+    captured = capsys.readouterr()
+    assert "WARNING" in captured.err and "was edited" in captured.err and "verdict: consistent" in captured.out
+    report = check_drift(edited, held_out, force=True, log=lambda s: None)
+    assert report["forced"] is True and report["forced_reason"] == "edited record"

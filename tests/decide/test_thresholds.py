@@ -98,6 +98,76 @@ def test_constant_scores_cannot_be_tail_fitted():
         T.calibrate_threshold(np.ones(200), 1e-3)
 
 
+# ---------------------------------------------------------------- the EVT guard (settings: benchmarks/calibration.py --evt-guard)
+
+
+@pytest.mark.parametrize("law", [stats.expon(), stats.lomax(3), stats.gamma(2)], ids=["expon", "lomax3", "gamma2"])
+def test_the_guard_keeps_evt_on_smooth_tails(law):
+    """Light and heavy smooth tails, 1000 images, 100x beyond 1/n: every one of 10 draws keeps its EVT fit."""
+    kept = [T.calibrate_threshold(law.rvs(size=1000, random_state=np.random.default_rng(s)), 1e-5, refits=0)
+            for s in range(10)]
+    assert [r.method for r in kept] == ["evt"] * 10
+    assert all(r.evt["shape"] >= T.EVT_MIN_SHAPE and r.evt["anderson_darling"] <= T.EVT_MAX_AD for r in kept)
+
+
+@pytest.mark.parametrize("law", [stats.uniform(), stats.beta(5, 1)], ids=["uniform", "beta5_1"])
+def test_a_bounded_tail_falls_back_to_the_quantile_with_the_reason(law):
+    s = law.rvs(size=50, random_state=np.random.default_rng(0))
+    fit = T.evt_fit(s)
+    assert fit["shape"] < -0.5
+    r = T.calibrate_threshold(s, 0.01, refits=20)
+    assert r.method == "quantile" and r.threshold == s.max() and r.rejects == 0 and r.evt is None
+    assert r.expected_frr_interval == pytest.approx(T.clopper_pearson(0, 50))
+    note, = r.notes
+    assert f"the fitted tail shape is {fit['shape']:.3g}, below -0.5" in note
+    assert "expected false-reject rate of about 1.96%" in note and "1000 good images (10 / target)" in note
+    assert "fell back to the empirical quantile" in r.method_reason and "50 good images < 1000" in r.method_reason
+
+
+def test_a_bounded_tail_is_refused_when_the_quantile_cannot_meet_the_target():
+    s = np.random.default_rng(0).uniform(size=50)
+    with pytest.raises(EdgeADError) as e:
+        T.calibrate_threshold(s, 0.005, refits=20)
+    assert "the EVT tail fit cannot be used: the fitted tail shape" in e.value.message
+    assert "would reject about 1.96% of good parts" in e.value.message
+    assert "at least 99 for about the target, 2000 (10 / target)" in e.value.hint
+    assert T.fallback_needed(0.005) == 99 and T.fallback_needed(0.01) == 49 and T.fallback_needed(1e-3) == 499
+    for n in (49, 99, 499):  # the first n whose quantile has an expected rate (k + 1) / (n + 1) within 2x
+        a = {49: 0.01, 99: 0.005, 499: 1e-3}[n]
+        assert (T.allowed_rejects(n, a) + 1) / (n + 1) <= 2 * a < (T.allowed_rejects(n - 1, a) + 1) / n
+
+
+def test_a_tail_with_a_cluster_fails_the_goodness_of_fit():
+    """3 % of the good parts form a cluster far above the rest: no smooth tail, the GPD does not fit."""
+    rng = np.random.default_rng(1)
+    s = np.r_[rng.normal(size=970), rng.normal(5, 0.3, 30)]
+    fit = T.evt_fit(s)
+    assert fit["shape"] > -0.5 and fit["anderson_darling"] > T.EVT_MAX_AD
+    r = T.calibrate_threshold(s, 1e-3, refits=0)
+    assert r.method == "quantile" and "Anderson-Darling A^2 = " in r.notes[0]
+    assert r.rejects == 1 and r.threshold == np.sort(s)[-2]
+
+
+def test_more_rejects_than_the_tail_allows_is_a_poor_fit():
+    s = np.random.default_rng(1).exponential(size=1000)
+    fit = T.evt_fit(s)
+    assert T.evt_problem(s, fit, T.evt_threshold(fit, 1e-3), 1e-3) is None
+    too_low = float(np.sort(s)[-10])  # 9 of 1000 above: the binomial lower bound 0.41 % exceeds 0.1 %
+    assert "9 of the 1000 good images score above the EVT threshold" in T.evt_problem(s, fit, too_low, 1e-3)
+
+
+def test_a_heavy_tail_far_above_the_largest_score_is_warned_about():
+    s = stats.lomax(1.0).rvs(size=100, random_state=np.random.default_rng(0))
+    r = T.calibrate_threshold(s, 1e-4, refits=0)
+    assert r.method == "evt" and r.evt["shape"] > 0 and r.threshold > s.max()
+    note, = r.notes
+    spread = s.max() - np.median(s)
+    assert f"lies {(r.threshold - s.max()) / spread:.3g} spreads" in note and f"shape {r.evt['shape']:.3g}" in note
+    assert "100x beyond what 100 images resolve" in note and "100000 = 10 / target" in note
+    light = T.calibrate_threshold(np.random.default_rng(0).normal(size=1000), 1e-4, refits=0)
+    assert light.method == "evt" and light.notes == ()
+
+
 # ---------------------------------------------------------------- method choice and its errors
 
 

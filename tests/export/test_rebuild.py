@@ -40,7 +40,7 @@ def fake_trt(monkeypatch):
         for role in ("teacher", "student"):
             (engine_dir / f"{role}.{precision}.plan").write_bytes(f"plan {role}".encode())
             files[role] = f"{role}.{precision}.plan"
-        return {"backend": "tensorrt", "precision": precision, "files": files,
+        return {"backend": "tensorrt", "precision": precision, "files": files, "max_batch": max_batch,
                 "device": {"gpu": "Orin", "compute_capability": "8.7", "tensorrt": "10.3.0", "dla_core": dla_core}}
 
     import edgead.export.build as rebuild
@@ -63,16 +63,18 @@ def test_rebuild_on_device_needs_no_torch_and_keeps_onnx_entries_valid(exported,
     assert call["input_hw"] == (64, 64) and call["max_batch"] == 2 and call["dla_core"] == 0
     assert set(call["feature_shapes"]) == set(before["feature_names"])
     after = json.loads((exported / "manifest.json").read_text())
-    assert after["engines"][0]["backend"] == "tensorrt" and after["max_batch"] == 2
+    assert after["engines"][0]["backend"] == "tensorrt" and after["engines"][0]["max_batch"] == 2
     assert {e["precision"]: e["fingerprint"] for e in after["engines"][1:]} == ort_fp
+    assert [e["max_batch"] for e in after["engines"][1:]] == [4, 4]     # ONNX Runtime keeps its batch
     assert after["sha256"]["teacher.fp16.plan"]
     monkeypatch.delitem(sys.modules, "torch")
     det = load_detector(exported, "onnxruntime")        # the ONNX Runtime path still loads and verifies
-    assert det.fingerprint == ort_fp["fp32"]
+    assert det.fingerprint == ort_fp["fp32"] and det.max_batch == 4
     # building again replaces the TensorRT entry instead of adding a second one
     assert main(["build-engine", "--engine", str(exported)]) == 0
     again = json.loads((exported / "manifest.json").read_text())
-    assert [e["backend"] for e in again["engines"]].count("tensorrt") == 1 and again["max_batch"] == 2
+    assert [e["backend"] for e in again["engines"]].count("tensorrt") == 1
+    assert again["engines"][0]["max_batch"] == 2 == fake_trt[1]["max_batch"]     # the folder's, by default
 
 
 def test_rebuild_refuses_a_half_copied_folder(exported, fake_trt):
@@ -88,27 +90,40 @@ def test_rebuild_refuses_a_half_copied_folder(exported, fake_trt):
         rebuild_tensorrt(exported, log=lambda s: None)
 
 
-def test_rebuild_without_tensorrt_or_with_an_old_manifest(exported, fake_trt, monkeypatch, tmp_path):
+def test_rebuild_without_tensorrt_or_from_an_edited_manifest(exported, fake_trt, monkeypatch, tmp_path):
     import edgead.export.build as rebuild
+    from edgead.backends.manifest import DAMAGED, write_manifest
 
-    old = tmp_path / "old"
-    shutil.copytree(exported, old)
-    m = json.loads((old / "manifest.json").read_text())
-    del m["feature_shapes"]
-    (old / "manifest.json").write_text(json.dumps(m))
-    with pytest.raises(EdgeADError, match="predates on-device builds"):
-        rebuild.rebuild_tensorrt(old, log=lambda s: None)
-    only16 = tmp_path / "only16"
+    edited = tmp_path / "edited"
+    shutil.copytree(exported, edited)
+    m = json.loads((edited / "manifest.json").read_text())
+    del m["feature_shapes"]                              # what the plans are built from
+    (edited / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(EdgeADError, match=f"'feature_shapes' is missing.*{DAMAGED}"):
+        rebuild.rebuild_tensorrt(edited, log=lambda s: None)
+    only16 = tmp_path / "only16"                         # a folder written without the FP32 graphs
     shutil.copytree(exported, only16)
     m = json.loads((only16 / "manifest.json").read_text())
     m["engines"] = [e for e in m["engines"] if e["precision"] != "fp32"]
-    (only16 / "manifest.json").write_text(json.dumps(m))
+    write_manifest(only16, m)
     with pytest.raises(EdgeADError, match="has no FP32 ONNX graphs to build TensorRT engines from"):
         rebuild.rebuild_tensorrt(only16, log=lambda s: None)
+    assert fake_trt == []
     monkeypatch.setattr(rebuild, "tensorrt_usable", lambda: False)
     with pytest.raises(EdgeADError) as e:
         rebuild.rebuild_tensorrt(exported, log=lambda s: None)
     assert "TensorRT is not usable" in str(e.value) and "JetPack" in e.value.hint
+
+
+def test_rebuild_into_a_read_only_folder_is_refused_before_building(exported, fake_trt, monkeypatch, capsys):
+    from readonly_mount import mount_read_only
+
+    before = (exported / "manifest.json").read_bytes()
+    mount_read_only(exported, monkeypatch)
+    assert main(["build-engine", "--engine", str(exported)]) == 2
+    err = capsys.readouterr().err
+    assert f"--engine {exported}" in err and "read-only" in err and "Traceback" not in err
+    assert fake_trt == [] and (exported / "manifest.json").read_bytes() == before
 
 
 def test_cli_rejects_export_options_with_engine(exported, capsys):

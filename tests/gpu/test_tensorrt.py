@@ -24,29 +24,18 @@ def _entry(manifest: dict[str, Any], backend: str) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def engine_folder(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
-    """Export teacher/student ONNX, build the TensorRT engines, write a manifest with both backends."""
+    """Export the ONNX graphs (build-engine --model), then build the TensorRT plans on this GPU
+    (build-engine --engine): a manifest with both backends, as a user gets it."""
     import tensorrt as trt
 
-    from edgead.backends.manifest import FORMAT, write_manifest
-    from edgead.export.onnx import export_onnx
-    from edgead.export.tensorrt_build import build_engines
-    from edgead.model.artifact import load_model
+    from edgead.backends.manifest import read_manifest
+    from edgead.export.build import build_engine, rebuild_tensorrt
 
-    model, _ = load_model(tiny_model)
-    out = tmp_path_factory.mktemp("engine")
-    signature = export_onnx(model, out)
-    names = signature["feature_names"]
-    feature_shapes = {n: tuple(int(d) for d in signature["student"]["inputs"][n][1:]) for n in names}
-    h, w = model.cfg.input.height, model.cfg.input.width
-    onnx = {"teacher": "teacher.onnx", "student": "student.onnx"}
+    out = tmp_path_factory.mktemp("engine") / "tiny"
+    build_engine(tiny_model, out, backend="onnxruntime", max_batch=MAX_BATCH, log=lambda s: None)
     precision = "fp16" if hasattr(trt.BuilderFlag, "FP16") else "fp32"   # TensorRT 11: FP16 needs FP16 ONNX
-    entry = build_engines(out, onnx, precision, MAX_BATCH, (h, w), feature_shapes, 512, None, None)
-    manifest = {"format": FORMAT, "max_batch": MAX_BATCH, "input": {"name": "image", "shape": ["batch", 3, h, w]},
-                "feature_names": names, "preprocess": model.cfg.input.to_dict(), "map_size": None,
-                "model": {"path": str(tiny_model)},
-                "engines": [{"backend": "onnxruntime", "precision": "fp32", "files": onnx}, entry]}
-    write_manifest(out, manifest)
-    return out, manifest
+    rebuild_tensorrt(out, precision=precision, max_batch=MAX_BATCH, workspace_mib=512, log=lambda s: None)
+    return out, read_manifest(out)
 
 
 @pytest.fixture(scope="module")

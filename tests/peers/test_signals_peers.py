@@ -13,17 +13,21 @@ import sys
 import textwrap
 import threading
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 import pytest
 from signals_fixtures import (LOOPBACK, FakeClock, FakeLines, StuckFifo, Subscriber, event, fill_pty,  # noqa: F401
                               free_port, http_peer, modbus_server, mosquitto, mosquitto_tls, pty_peer,
-                              tcp_black_hole, wait_for)
+                              state_dir, tcp_black_hole, wait_for)
 
 from edgead.errors import EdgeADError
 from edgead.signals import SinkGroup, build_sink, build_sinks, check_health
 from edgead.signals.config import parse_sink
 from edgead.signals.wiring_check import signals_test
+
+# Every output's default outbox goes to the test's own $EDGEAD_STATE_DIR, never the real home.
+pytestmark = pytest.mark.usefixtures("state_dir")
 
 # Real-clock timing: an edge is never early (strict), and not later than this (a loaded 2-core
 # machine can stall a thread for a while; the exact times are checked on a fake clock).
@@ -49,17 +53,21 @@ def modbus_sink(port, **kw):
                        "reconnect_max_ms": 200, **kw})
 
 
-def mqtt_sink(port, **kw):
+def mqtt_sink(port, outbox_dir=None, **kw):
     return build_sink({"type": "mqtt", "host": LOOPBACK, "port": port, "line": "l1", "client_id": "edgead-under-test",
-                       "reconnect_min_ms": 50, "reconnect_max_ms": 200, **kw})
+                       "reconnect_min_ms": 50, "reconnect_max_ms": 200, **kw}, outbox_dir=outbox_dir)
 
 
 class Alarms:
     def __init__(self):
         self.got = []
+        self.recovered = []
 
     def __call__(self, name, detail):
         self.got.append((name, detail))
+
+    def back(self, name):
+        self.recovered.append(name)
 
 
 # ---------------------------------------------------------------- Modbus TCP
@@ -143,7 +151,7 @@ def test_modbus_lost_mid_run_raises_the_alarm_and_recovers(modbus_server, tmp_pa
     pins = GpioSink(parse_sink({"type": "gpio", "pin": 5, "alarm_pin": 6, "late_ms": 200}), backend=lines)
     log = build_sink({"type": "log", "path": str(tmp_path / "events.jsonl")})
     alarms = Alarms()
-    group = SinkGroup([sink, pins, log], on_sink_failure="alarm", on_alarm=alarms)
+    group = SinkGroup([sink, pins, log], on_sink_failure="alarm", on_alarm=alarms, on_recovered=alarms.back)
     try:
         modbus_server.stop()                              # the PLC goes away mid-run
         assert wait_for(lambda: alarms.got, 3), "no alarm for a lost PLC"
@@ -154,6 +162,8 @@ def test_modbus_lost_mid_run_raises_the_alarm_and_recovers(modbus_server, tmp_pa
         assert wait_for(lambda: lines.edges(5), 2)
         modbus_server.start()
         assert wait_for(lambda: sink.health().ok, 5), sink.health().detail
+        assert wait_for(lambda: alarms.recovered == ["modbus"], 2), alarms.recovered
+        assert lines.level[6] is False                    # the PLC is back and nothing else alarms: pin off
         group.reject(event(2))
         assert wait_for(lambda: any(w[3] == 1 for w in modbus_server.writes), 3)
     finally:
@@ -259,34 +269,39 @@ def test_mqtt_broker_restart_mid_run_loses_no_event_and_keeps_order(mosquitto):
         sub.close()
 
 
-def test_mqtt_down_at_start_fills_a_bounded_outbox_then_flushes_the_newest(mosquitto):
+def test_mqtt_down_at_start_queues_every_event_and_sends_them_in_order(mosquitto):
+    """--allow-degraded with the broker down: nothing dropped although 8 events exceed the in-memory
+    read-ahead (outbox: 5); they wait on disk and all go out, in order, once the broker is there."""
     mosquitto.stop()
     alarms = Alarms()
     sink = mqtt_sink(mosquitto.port, outbox=5)
-    group = SinkGroup([sink], on_alarm=alarms)
+    group = SinkGroup([sink], on_alarm=alarms, on_recovered=alarms.back)
     try:
         with pytest.raises(EdgeADError, match=f"output 'mqtt' is unreachable: cannot connect to broker 127.0.0.1:{mosquitto.port}"):
             check_health([sink], timeout_s=1)
         for i in range(8):
-            group.reject(event(i))
-        assert wait_for(lambda: sink.stats["dropped"] >= 2, 2)
-        assert any("outbox full" in d for _, d in alarms.got)
+            group.reject(event(i, event_id=f"r1-{i}"))
+        assert group.outbox_pending() == {"mqtt": 8}
+        assert alarms.got and "cannot connect to broker" in alarms.got[0][1]     # the output is down: an alarm
         mosquitto.start()
         sub = Subscriber(mosquitto.port, ["edgead/l1/events"])
-        got = wait_for(lambda: [e["seq"] for e in sub.events("edgead/l1/events")][-5:] == [3, 4, 5, 6, 7]
-                       and sub.events("edgead/l1/events"), 10)
-        assert got, sub.events("edgead/l1/events")
+        assert wait_for(lambda: group.outbox_pending() == {"mqtt": 0}, 10), group.outbox_pending()
+        assert wait_for(lambda: len({e["event_id"] for e in sub.events("edgead/l1/events")}) == 8, 5)
+        assert list(dict.fromkeys(e["seq"] for e in sub.events("edgead/l1/events"))) == list(range(8))
+        assert alarms.recovered == ["mqtt"] and sink.stats["refused"] == 0
         sub.close()
     finally:
         group.close()
+    assert group.undelivered() == {}
 
 
 def test_mqtt_tls_with_username_and_password(mosquitto_tls, monkeypatch):
     broker, ca = mosquitto_tls
     monkeypatch.setenv("EDGEAD_TEST_MQTT_PASSWORD", "s3cret")
-    good = mqtt_sink(broker.port, tls=True, ca_certs=str(ca), username="line1", password_env="EDGEAD_TEST_MQTT_PASSWORD")
+    good = mqtt_sink(broker.port, tls=True, ca_certs=str(ca), username="line1", password_env="EDGEAD_TEST_MQTT_PASSWORD",
+                     name="good")
     bad = mqtt_sink(broker.port, tls=True, ca_certs=str(ca), username="line1", password="wrong",
-                    client_id="edgead-bad-password")
+                    client_id="edgead-bad-password", name="mqtt")
     try:
         assert check_health([good], timeout_s=5) == []
         assert good.fire_test().startswith("published a test event")
@@ -295,6 +310,154 @@ def test_mqtt_tls_with_username_and_password(mosquitto_tls, monkeypatch):
     finally:
         good.close()
         bad.close()
+
+
+# ---------------------------------------------------------------- durable outbox, alarm lifecycle
+
+
+def outbox_ids(folder: Path) -> list[str]:
+    """The ids of the events waiting in an outbox folder, in their order (read from the files)."""
+    from edgead.signals.outbox import load_acks, parse_record, segment_paths
+
+    acked_to, listed = load_acks(folder)
+    recs = [parse_record(line) for _, p in segment_paths(folder) for line in p.read_bytes().splitlines()]
+    return [r.event_id for r in recs if r is not None and r.n > acked_to and r.n not in listed]
+
+
+def test_mqtt_broker_gone_until_close_loses_nothing_and_the_next_start_replays_in_order(mosquitto, tmp_path):
+    """Events produced = received by an independent subscriber + counted undelivered (and on disk);
+    the next start with the broker back delivers the rest, in order: every id arrives."""
+    outbox_dir, topic = tmp_path / "outbox", "edgead/l1/events"
+    ids = [f"run1-{i}" for i in range(60)]
+    sub = Subscriber(mosquitto.port, [topic])
+    alarms = Alarms()
+    sink = mqtt_sink(mosquitto.port, outbox_dir)
+    group = SinkGroup([sink], on_alarm=alarms)
+    try:
+        assert check_health([sink], timeout_s=5) == []
+        for i in range(20):
+            group.reject(event(i, event_id=ids[i]))
+        assert wait_for(lambda: len(sub.payloads(topic)) >= 20, 5)
+        mosquitto.stop()                              # killed mid-run, not back before the run ends
+        assert wait_for(lambda: alarms.got, 3)
+        for i in range(20, 60):
+            group.reject(event(i, event_id=ids[i]))
+    finally:
+        group.close()
+    received = {e["event_id"] for e in sub.events(topic)}
+    left = group.undelivered()["mqtt"]
+    kept = outbox_ids(Path(left["where"]))
+    assert left["count"] == left["pending"] == len(kept) == sink.stats["unsent"] and left["refused"] == 0
+    assert len(kept) >= 40 and received | set(kept) == set(ids)        # each one delivered or kept
+    assert kept == sorted(kept, key=lambda x: int(x.split("-")[1]))
+
+    mosquitto.start()
+    before = len(sub.events(topic))
+    again = mqtt_sink(mosquitto.port, outbox_dir)
+    try:
+        assert again.stats["replayed"] == len(kept)
+        assert wait_for(lambda: again.outbox_pending() == 0, 10), again.outbox_pending()
+        assert wait_for(lambda: {e["event_id"] for e in sub.events(topic)} == set(ids), 5)
+    finally:
+        again.close()
+    # (the broker may also re-deliver to the subscriber what it had not acknowledged before the kill)
+    replayed = list(dict.fromkeys(e["event_id"] for e in sub.events(topic)[before:] if e["event_id"] in kept))
+    assert replayed == kept and again.undelivered() is None
+    sub.close()
+
+
+def test_webhook_to_a_closed_port_keeps_every_event_for_the_next_start(http_peer, tmp_path):
+    """per_part with --allow-degraded and the MES away for the whole run: all 60 in the outbox, none
+    given up; the next start (the MES back) posts every one, in order."""
+    outbox_dir = tmp_path / "outbox"
+    cfg = {"type": "webhook", "name": "mes", "url": f"http://{LOOPBACK}:{free_port()}/hook", "per_part": True,
+           "retries": 1, "backoff_ms": 10, "timeout_ms": 300}
+    ids = [f"run1-{i}" for i in range(60)]
+    sink = build_sink(cfg, outbox_dir=outbox_dir)
+    alarms = Alarms()
+    assert check_health([sink], allow_degraded=True, timeout_s=0, warn=lambda s: None)
+    group = SinkGroup([sink], on_alarm=alarms)
+    for i in range(60):
+        group.reject(event(i, decision="reject" if i % 3 == 0 else "pass", event_id=ids[i]))
+    time.sleep(0.1)                                   # the sender is retrying the first one
+    group.close()
+    folder = outbox_dir / "mes"
+    assert group.undelivered() == {"mes": {"count": 60, "where": str(folder), "pending": 60, "refused": 0}}
+    assert outbox_ids(folder) == ids and alarms.got
+    again = build_sink({**cfg, "url": http_peer.url}, outbox_dir=outbox_dir)
+    try:
+        assert again.wait_delivered(10)
+    finally:
+        again.close()
+    assert [b["event_id"] for _, b, _ in http_peer.received] == ids and again.undelivered() is None
+
+
+def test_outbox_flush_delivers_what_a_run_left(http_peer, tmp_path):
+    from edgead.signals import outbox_admin
+
+    cfg = {"type": "webhook", "name": "mes", "url": f"http://{LOOPBACK}:{free_port()}/hook", "retries": 0,
+           "backoff_ms": 10, "timeout_ms": 300}
+    sink = build_sink(cfg, outbox_dir=tmp_path)
+    for i in range(5):
+        sink.reject(event(i, event_id=f"run1-{i}"))
+    sink.close()
+    assert [(s["output"], s["pending"], s["oldest_id"]) for s in outbox_admin.status(tmp_path)] == [("mes", 5, "run1-0")]
+    report = outbox_admin.flush([{**cfg, "url": http_peer.url}], tmp_path, timeout_s=5)
+    assert report == {"mes": {"delivered": 5, "left": 0, "where": str(tmp_path / "mes")}}
+    assert [b["event_id"] for _, b, _ in http_peer.received] == [f"run1-{i}" for i in range(5)]
+    assert outbox_admin.status(tmp_path)[0]["pending"] == 0
+    assert outbox_admin.flush([{**cfg, "url": http_peer.url}], tmp_path, timeout_s=1) == {}   # nothing left
+
+
+def _retained(port: int, topic: str, client_id: str) -> dict[str, Any]:
+    sub = Subscriber(port, [topic], client_id=client_id)
+    try:
+        return wait_for(lambda: sub.events(topic), 3)[-1]
+    finally:
+        sub.close()
+
+
+def test_mqtt_alarm_topic_is_ok_at_connect_and_after_a_clean_close(mosquitto):
+    import paho.mqtt.client as paho
+
+    topic = "edgead/l1/alarm"
+    past = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="edgead-past-run")
+    past.connect(LOOPBACK, mosquitto.port)
+    past.loop_start()
+    past.publish(topic, json.dumps({"state": "alarm", "sink": "mqtt"}), qos=1, retain=True).wait_for_publish(3)
+    past.disconnect()
+    past.loop_stop()
+    assert _retained(mosquitto.port, topic, "edgead-sub-a")["state"] == "alarm"     # a past run's alarm
+    sink = mqtt_sink(mosquitto.port)
+    group = SinkGroup([sink])
+    sub = Subscriber(mosquitto.port, [topic], client_id="edgead-sub-b")
+    try:
+        assert check_health([sink], timeout_s=5) == []
+        assert wait_for(lambda: sub.events(topic) and sub.events(topic)[-1]["state"] == "ok", 3)
+        group.raise_alarm("camera", "camera lost")
+        assert wait_for(lambda: sub.events(topic)[-1]["state"] == "alarm", 3)
+    finally:
+        group.close()
+    assert wait_for(lambda: sub.events(topic)[-1]["state"] == "ok", 3)
+    sub.close()
+    assert _retained(mosquitto.port, topic, "edgead-sub-c")["state"] == "ok"       # what a new dashboard sees
+
+
+def test_mqtt_broker_back_reports_recovered_and_clears_the_alarm(mosquitto):
+    topic = "edgead/l1/alarm"
+    alarms = Alarms()
+    sink = mqtt_sink(mosquitto.port)
+    group = SinkGroup([sink], on_alarm=alarms, on_recovered=alarms.back)
+    try:
+        assert check_health([sink], timeout_s=5) == []
+        mosquitto.stop()
+        assert wait_for(lambda: alarms.got, 3) and group.active_alarms() == {"mqtt": ["failure"]}
+        mosquitto.start()
+        assert wait_for(lambda: alarms.recovered == ["mqtt"], 5), alarms.recovered
+        assert group.active_alarms() == {}
+        assert wait_for(lambda: _retained(mosquitto.port, topic, "edgead-sub-d")["state"] == "ok", 3)
+    finally:
+        group.close()
 
 
 # ---------------------------------------------------------------- webhook (http.server)
@@ -308,7 +471,7 @@ def test_webhook_posts_json_with_bearer_token(http_peer, monkeypatch):
         sink.reject(event(5))
         sink.reject(event(6, decision="pass"))
         assert wait_for(lambda: http_peer.received, 3)
-        assert sink.worker.wait_idle(3)               # everything it was going to post is posted: not the pass
+        assert sink.wait_delivered(3)                 # everything it was going to post is posted: not the pass
         (_, body, headers), = http_peer.received
         assert body["seq"] == 5 and headers["Authorization"] == "Bearer s3cret"
         assert headers["Content-Type"] == "application/json"
@@ -329,7 +492,7 @@ def test_webhook_retries_a_server_that_fails_twice(http_peer):
         sink.close()
 
 
-def test_webhook_down_peer_gives_up_after_retries_with_an_alarm():
+def test_webhook_down_peer_alarms_after_retries_and_keeps_the_event():
     url = f"http://{LOOPBACK}:{free_port()}/hook"
     alarms = Alarms()
     sink = build_sink({"type": "webhook", "url": url, "backoff_ms": 10, "retries": 2, "timeout_ms": 300})
@@ -339,10 +502,13 @@ def test_webhook_down_peer_gives_up_after_retries_with_an_alarm():
             check_health([sink], timeout_s=0)
         group.reject(event(1))
         assert wait_for(lambda: sink.stats["failed"] == 1, 3)
-        assert sink.stats["retries"] == 2 and group.should_stop
-        assert alarms.got and "after 3 attempts" in alarms.got[-1][1]
+        assert sink.stats["retries"] >= 2 and group.should_stop
+        assert alarms.got and "after 3 attempts; events wait in the outbox" in alarms.got[-1][1]
     finally:
         group.close()
+    left = group.undelivered()
+    assert left["webhook"]["count"] == 1 and left["webhook"]["pending"] == 1
+    assert sink.stats["failed"] == 1                  # one alarm for the outage, the event kept retrying
 
 
 def test_webhook_client_errors_are_not_retried(http_peer):
@@ -350,10 +516,13 @@ def test_webhook_client_errors_are_not_retried(http_peer):
     sink = build_sink({"type": "webhook", "url": http_peer.url, "backoff_ms": 10})
     try:
         sink.reject(event(1))
-        assert wait_for(lambda: sink.stats["failed"] == 1, 3)
+        assert wait_for(lambda: sink.stats["rejected"] == 1, 3)
         assert http_peer.attempts == 1 and "HTTP 401" in sink.health().detail
+        sink.reject(event(2))                         # the next one is posted (the server takes it)
+        assert wait_for(lambda: [b["seq"] for _, b, _ in http_peer.received] == [2], 3)
     finally:
         sink.close()
+    assert sink.undelivered()["count"] == 1           # the refused one stays in the outbox for the next start
 
 
 # ---------------------------------------------------------------- serial (pty) and log

@@ -129,6 +129,9 @@ class ListSource:
     def close(self) -> None:
         self.closes += 1
 
+    def accounting(self) -> dict | None:
+        return None    # like a live camera: losses show as seq gaps, not against a frame count
+
     def read(self, timeout_s: float) -> Frame | None:
         if self.stop.is_set() or (self.i >= len(self.images) and not self.forever):
             self.finished = True
@@ -331,6 +334,9 @@ def test_camera_lost_behind_reconnecting_source(engine, calibration, detector, f
     assert {e.seq: e.reason for e in sink.events}[3] == "frame lost"
     assert summary["reconnects"] == 1 and summary["camera_errors"] == 0
     assert any("ALARM: camera lost" in line for line in logs)
+    # the camera came back: its alarm cleared itself; it stays counted since the start
+    assert summary["alarm_counts"]["camera_lost"] == 1 and "camera_lost" not in summary["alarms_active"]
+    assert logs.index(next(x for x in logs if "ALARM: camera lost" in x)) < logs.index("alarm cleared: camera_lost")
 
 
 def test_replay_that_raises_stops_with_its_error(engine, calibration, detector, frames):
@@ -385,6 +391,51 @@ def test_slow_disk_drops_records_not_parts(engine, calibration, detector, frames
     assert summary["safe_actions"] == 0 and summary["rejects"] == sum(labels)
     assert summary["records_dropped"].get("reject_image", 0) >= 1
     assert len(_lines(summary)) == len(images)  # event lines have their own buffer
+
+
+def test_full_disk_during_a_run_keeps_whole_lines_alarms_and_prints_the_summary(engine, calibration, detector, frames,
+                                                                                tmp_path, monkeypatch):
+    """The disk under the record folder fills up mid-run (tests/runtime/tiny_disk.py: no tmpfs without root)."""
+    import edgead.runtime.recorder as recorder_mod
+    from tiny_disk import TinyDisk
+
+    monkeypatch.setattr(recorder_mod, "MIN_FREE_BYTES", 64 * 1024)
+    monkeypatch.setattr(recorder_mod, "LOG_RESERVE_BYTES", 16 * 1024)
+    reports: list[dict] = []
+    real_close = recorder_mod.Recorder.close
+    monkeypatch.setattr(recorder_mod.Recorder, "close",
+                        lambda self, info: reports.append(real_close(self, info)) or reports[-1])
+    disk = TinyDisk(tmp_path / "runs", 256 * 1024, monkeypatch)
+    images, _ = frames
+
+    class FillingSource(ListSource):
+        def read(self, timeout_s):
+            if self.i == 12:  # once 8 lines are on disk, another program takes the disk: a few more fit
+                end = time.monotonic() + 10
+                while sum(len(p.read_bytes().splitlines()) for p in (tmp_path / "runs").glob("*/events.jsonl")) < 8:
+                    assert time.monotonic() < end
+                    time.sleep(0.01)
+                disk.fill(leave=1000)
+            return super().read(timeout_s)
+
+    logs: list[str] = []
+    n = 3 * len(images)
+    summary, sink, out = _run(engine, calibration, detector, FillingSource(images * 3, live=False), logs=logs,
+                              deadline_ms=5000, record={"dir": str(tmp_path / "runs"), "ring_size": 0,
+                                                                 "save_rejects": False})   # no image to evict
+    _check_every_part_once(summary, sink, n)
+    assert out and out[0].startswith(f"edgead run: {n} frames") and not any("Traceback" in x for x in logs)
+    report = reports[0]
+    assert all(r == report for r in reports)    # closed once; a later close() only reports again
+    text = (Path(summary["record_dir"]) / "events.jsonl").read_text()
+    lines = [json.loads(x) for x in text.splitlines()]          # whole lines only
+    assert text.endswith("\n") and 8 <= len(lines) < n and disk.refused >= 1
+    assert [d["seq"] for d in lines] == list(range(len(lines)))
+    ev = report["events"]
+    assert ev["written"] == len(lines) and ev["written"] + ev["not_written"] + ev["dropped"] == n
+    assert summary["alarm_counts"].get("record_failure:events", 0) >= 1
+    assert any(x.startswith("ALARM: the event log") for x in logs)
+    assert report["run_json_written"] is False and not report["complete"]
 
 
 def test_quota_deletes_oldest_first(tmp_path):
@@ -474,6 +525,103 @@ def test_http_endpoints(engine, calibration, detector, frames):
         src.stop.set()
         t.join(20)
     assert result["s"]["parts"] == result["s"]["frames"]
+
+
+def _live_loop(engine, calibration, detector, source, logs):
+    """A Loop and its HTTP view wired the way edgead.runtime.run wires them (health, metrics, ack)."""
+    from edgead.backends.manifest import engine_preprocessing
+    from edgead.decide.record import decide, load_calibration
+    from edgead.runtime.http import HttpView, LiveView
+    from edgead.runtime.loop import Loop, LoopOptions
+    from edgead.runtime.telemetry import RunMetrics
+
+    spec, metrics, cleared = engine_preprocessing(engine), RunMetrics(), []
+    loop = Loop(source=source, detector=detector, calibration=load_calibration(calibration, detector), spec=spec,
+                decide=decide, options=LoopOptions(deadline_s=5.0, max_batch=1, run_id="t"), metrics=metrics,
+                log=logs.append, on_clear=lambda: cleared.append(1))
+    view = HttpView("127.0.0.1", 0, LiveView(spec, (0.0, 1.0)), loop.health, metrics.render, ack=loop.ack_alarms)
+    return loop, view, metrics, cleared
+
+
+def test_health_lists_active_alarms_until_acknowledged(engine, calibration, detector, frames):
+    from edgead.runtime.http import ack_alarms
+
+    images, _ = frames
+    src = ListSource(images, period_s=0.02, forever=True)
+    logs: list[str] = []
+    loop, view, metrics, cleared = _live_loop(engine, calibration, WrappedDetector(detector, fail_calls={2}), src,
+                                              logs)
+    view.start()
+    t = threading.Thread(target=loop.run)
+    t.start()
+    try:
+        base = "http://%s:%d" % view.address
+        deadline = time.monotonic() + 20
+        while json.loads(_get(base + "/health")[2])["status"] != "alarm":
+            assert time.monotonic() < deadline and t.is_alive()
+            time.sleep(0.02)
+        health = json.loads(_get(base + "/health")[2])
+        assert [a["key"] for a in health["alarms"]] == ["safe_action_engine_error"]
+        assert health["alarms"][0]["kind"] == "event" and health["alarm_counts"] == {"safe_action_engine_error": 1}
+        assert health["last_alarm"]["reason"].startswith("safe action (engine error")
+        assert _samples(_get(base + "/metrics")[2].decode())["edgead_alarms_active"] == 1
+        assert ack_alarms(base) == ["safe_action_engine_error"]
+        health = json.loads(_get(base + "/health")[2])
+        assert health["status"] == "ok" and health["alarms"] == []
+        assert health["alarm_counts"] == {"safe_action_engine_error": 1} and health["safe_actions"] == 1
+        samples = _samples(_get(base + "/metrics")[2].decode())
+        assert samples["edgead_alarms_active"] == 0
+        assert samples['edgead_alarms_total{reason="safe_action_engine_error"}'] == 1
+        assert cleared == [1] and "alarm acknowledged: safe_action_engine_error" in logs
+    finally:
+        loop.request_stop("test")
+        t.join(20)
+        view.stop()
+
+
+def test_output_and_record_alarms_clear_when_the_condition_does(engine, calibration, detector, frames):
+    logs: list[str] = []
+    loop, _, metrics, cleared = _live_loop(engine, calibration, detector, ListSource(frames[0][:1]), logs)
+    loop.output_failed("plc", "no answer from 10.0.0.5:502")
+    loop.output_failed("plc", "no answer from 10.0.0.5:502")
+    loop.output_failed("mqtt", "broker gone")
+    assert loop.health()["status"] == "alarm"
+    assert [a["key"] for a in loop.health()["alarms"]] == ["output_failure:plc", "output_failure:mqtt"]
+    loop.output_recovered("plc")
+    assert [a["key"] for a in loop.health()["alarms"]] == ["output_failure:mqtt"] and cleared == []
+    loop.output_recovered("mqtt")
+    loop.output_recovered("mqtt")             # a second recovery report changes nothing
+    h = loop.health()
+    assert h["status"] == "ok" and cleared == [1]
+    assert h["alarm_counts"] == {"output_failure:mqtt": 1, "output_failure:plc": 2}
+    assert metrics.alarms.value(reason="output_failure:plc") == 2 and metrics.sink_errors.total() == 3
+    loop._record_failed("record_failure:events", "the event log failed (ENOSPC)")   # the recorder's callback
+    assert loop.health()["status"] == "alarm"
+    loop.clear_alarm("record_failure:events")
+    assert loop.health()["status"] == "ok" and cleared == [1, 1]
+
+
+def test_run_json_never_holds_a_secret(engine, calibration, detector, frames, tmp_path, monkeypatch):
+    from signals_fixtures import free_port
+
+    secrets = ["mqtt-pass-8d1f", "hook-token-77a2", "url-pass-5c3e", "0123456789abcdef-http"]
+    outputs = [{"type": "mqtt", "host": "127.0.0.1", "port": free_port(), "username": "line1",
+                "password": secrets[0]},
+               {"type": "mqtt", "name": "mqtt2", "host": "127.0.0.1", "port": free_port(), "password_env": "EDGEAD_PW"},
+               {"type": "webhook", "url": f"http://mes:{secrets[2]}@127.0.0.1:{free_port()}/e", "token": secrets[1]}]
+    logs: list[str] = []
+    summary, _, out = _run(engine, calibration, detector, ListSource(frames[0][:3], live=False), logs=logs,
+                           deadline_ms=5000, outputs=outputs, allow_degraded=True,
+                           http={"listen": "127.0.0.1:0", "token": secrets[3]}, record=str(tmp_path / "runs"))
+    assert summary["parts"] == 3
+    text = (Path(summary["record_dir"]) / "run.json").read_text()
+    for secret in secrets:
+        assert secret not in text and not any(secret in line for line in logs + out), secret
+    config = json.loads(text)["config"]
+    assert config["outputs"][0]["password"] == "***" and config["outputs"][0]["username"] == "line1"
+    assert config["outputs"][1]["password_env"] == "EDGEAD_PW"            # the name of a variable stays
+    assert config["outputs"][2]["token"] == "***" and config["outputs"][2]["url"].startswith("http://mes:***@")
+    assert config["http"]["token"] == "***"
 
 
 def test_metrics_text_format():
@@ -578,8 +726,15 @@ def test_startup_errors_are_one_clear_line(engine, calibration, tmp_path, capsys
     assert main(["run", "--engine", str(engine), "--calibration", str(calibration), "--camera",
                  str(tmp_path / "missing")]) == 2
     assert "error: camera spec" in capsys.readouterr().err
-    other = tmp_path / "other.yaml"
-    other.write_text(calibration.read_text().replace("fingerprint: ", "fingerprint: 0"))
+    other = tmp_path / "other.yaml"     # a genuine record, of another engine (its digest matches)
+    import yaml
+
+    from edgead.decide.integrity import record_digest
+
+    rec = yaml.safe_load(calibration.read_text())
+    rec["engine"]["fingerprint"] = "0" + rec["engine"]["fingerprint"]
+    rec["digest"] = record_digest(rec)
+    other.write_text(yaml.safe_dump(rec, sort_keys=False))
     assert main(["run", "--engine", str(engine), "--calibration", str(other), "--camera", str(tmp_path)]) == 2
     assert "made with another engine" in capsys.readouterr().err
 
