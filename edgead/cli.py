@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from edgead import __version__
 from edgead.backends.manifest import BACKENDS, PRECISIONS
@@ -182,6 +182,44 @@ def cmd_signals_test(args: argparse.Namespace) -> int:
     return signals_test(args.config)
 
 
+def _outbox_source(args: argparse.Namespace) -> tuple[Any, str | None]:
+    """The outputs and the outbox folder, from --config (its outputs: and outbox_dir:) and --outbox-dir."""
+    from edgead.runtime.config import load_run_config
+
+    cfg = load_run_config(args.config) if args.config else None
+    folder = args.outbox_dir or (cfg.outbox_dir if cfg else None)
+    return (cfg.outputs if cfg else None), folder
+
+
+def cmd_outbox(args: argparse.Namespace) -> int:
+    from edgead.signals import outbox_admin
+
+    outputs, folder = _outbox_source(args)
+    if args.outbox_verb == "status":
+        rows = outbox_admin.status(folder)
+        for r in rows:
+            print(f"{r['output']:<16} {r['pending']:>7} pending  {r['bytes'] / 2**20:8.2f} MB  oldest {r['oldest_id'] or '-'}"
+                  f" {r['oldest_time'] or ''}  {r['folder']}{'  (in use by a run)' if r['in_use'] else ''}")
+        if not rows:
+            print("no outbox: nothing waits")
+        return 4 if any(r["pending"] for r in rows) else 0
+    if args.outbox_verb == "flush":
+        if outputs is None:
+            raise EdgeADError("outbox flush needs --config run.yaml", "its outputs: say where the events go")
+        result = outbox_admin.flush(outputs, folder, timeout_s=args.timeout)
+        for name, r in result.items():
+            print(f"{name}: {r['delivered']} delivered, {r['left']} left in {r['where']}"
+                  + (f" ({r['error']})" if r.get("error") else ""))
+        return 4 if any(r["left"] for r in result.values()) else 0
+    if not args.yes:
+        answer = input(f"drop the undelivered events of {args.output or 'every output'}? they are lost [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("nothing dropped")
+            return 1
+    print(f"dropped {outbox_admin.drop(folder, args.output)} events")
+    return 0
+
+
 def cmd_alarm_ack(args: argparse.Namespace) -> int:
     from edgead.runtime.http import ack_alarms
 
@@ -197,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"edgead {__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     for add in (_add_synth, _add_train, _add_eval, _add_build_engine, _add_bench, _add_calibrate, _add_run,
-                _add_signals, _add_alarm, _add_demo):
+                _add_signals, _add_outbox, _add_alarm, _add_demo):
         add(sub)
     return parser
 
@@ -336,6 +374,24 @@ def _add_signals(sub: _Subparsers) -> None:
                                "exit 0 only when every output answered")
     q.add_argument("--config", required=True, help="run YAML with an `outputs:` list")
     q.set_defaults(func=cmd_signals_test)
+
+
+def _add_outbox(sub: _Subparsers) -> None:
+    p = sub.add_parser("outbox", help="events waiting for an output's peer: `edgead outbox status --config run.yaml`")
+    outbox_sub = p.add_subparsers(dest="outbox_verb", metavar="ACTION", required=True)
+    for name, text in (("status", "how many events wait, per output, and since when (exit 4 when any)"),
+                       ("flush", "deliver them now to the outputs of --config (exit 4 when some are left)"),
+                       ("drop", "throw them away (asks first)")):
+        q = outbox_sub.add_parser(name, help=text)
+        q.add_argument("--config", help="run YAML: its outputs and outbox_dir")
+        q.add_argument("--outbox-dir", help="the outbox folder (default: the config's outbox_dir, else "
+                       "$EDGEAD_STATE_DIR/outbox)")
+        if name == "flush":
+            q.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the peers (default 30)")
+        if name == "drop":
+            q.add_argument("--output", help="only this output (default: every output)")
+            q.add_argument("--yes", action="store_true", help="do not ask")
+        q.set_defaults(func=cmd_outbox)
 
 
 def _add_alarm(sub: _Subparsers) -> None:

@@ -211,3 +211,20 @@ def test_the_alarm_gauge_follows_the_board():
     text = m.render()
     assert "# TYPE edgead_alarms_active gauge" in text and "edgead_alarms_active 0" in text
     assert np.isfinite(m.alarms_active.value())
+
+
+def test_the_alarm_ack_cli(server, capsys):
+    """`edgead alarm ack --url HOST:PORT [--key K]`: what it acknowledged, or one message and exit 2."""
+    from edgead.cli import main
+
+    view, board, acks, base = server
+    board.raise_("camera_lost", "camera lost")
+    board.raise_("output_failure:plc", "plc down")
+    assert main(["alarm", "ack", "--url", base.removeprefix("http://"), "--key", "camera_lost"]) == 0
+    assert "acknowledged: camera_lost" in capsys.readouterr().out
+    assert main(["alarm", "ack", "--url", base]) == 0 and "output_failure:plc" in capsys.readouterr().out
+    assert main(["alarm", "ack", "--url", base]) == 0 and "no active alarm" in capsys.readouterr().out
+    view.stop()
+    assert main(["alarm", "ack", "--url", base]) == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and "Traceback" not in err

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from signals_fixtures import LOOPBACK, event, free_port, state_dir, wait_for  # noqa: F401
+from signals_fixtures import LOOPBACK, event, free_port, http_peer, state_dir, wait_for  # noqa: F401
 
 from edgead.errors import EdgeADError
 from edgead.signals import SinkBase, SinkGroup, build_sink, outbox_admin
@@ -324,3 +324,23 @@ def test_a_new_owner_of_the_callbacks_hears_of_the_outputs_already_down():
     group.raise_alarm("edgead", "safe action")
     group.clear_alarm_outputs()                       # the run's board: nothing active
     assert group.active_alarms() == {} and a.outputs[-1] == "clear"
+
+
+def test_the_outbox_cli_status_flush_and_drop(tmp_path, capsys, monkeypatch, http_peer):
+    """`edgead outbox status|flush|drop`: exit 4 while events wait; flush delivers them to --config's outputs."""
+    from edgead.cli import main
+
+    left_by_a_run(tmp_path, "mes", 3)
+    assert main(["outbox", "status", "--outbox-dir", str(tmp_path)]) == 4
+    assert "mes" in capsys.readouterr().out
+    run_yaml = tmp_path / "run.yaml"
+    run_yaml.write_text(f"outbox_dir: {tmp_path}\noutputs:\n  - {{type: webhook, name: mes, url: {http_peer.url}}}\n")
+    assert main(["outbox", "flush", "--config", str(run_yaml), "--timeout", "10"]) == 0
+    assert "mes: 3 delivered, 0 left" in capsys.readouterr().out
+    assert sorted(body["event_id"] for _, body, _ in http_peer.received) == ["r1-0", "r1-1", "r1-2"]
+    left_by_a_run(tmp_path, "plant", 2)
+    monkeypatch.setattr("builtins.input", lambda prompt: "n")
+    assert main(["outbox", "drop", "--outbox-dir", str(tmp_path)]) == 1
+    assert main(["outbox", "drop", "--outbox-dir", str(tmp_path), "--yes"]) == 0
+    assert "dropped 2 events" in capsys.readouterr().out
+    assert main(["outbox", "status", "--outbox-dir", str(tmp_path)]) == 0
