@@ -71,26 +71,24 @@ class AlarmBoard:
     def ack(self, key: str | None = None) -> list[str]:
         """The operator acknowledged `key` (None: every active alarm); returns the keys cleared."""
         self.expire()
+        return self._remove(lambda active: sorted(active) if key is None else [key] if key in active else [])
+
+    def expire(self) -> list[str]:
+        """Clear the events older than event_hold_s; returns their keys."""
+        now = self._clock()
+        return self._remove(lambda active: sorted(k for k, a in active.items()
+                                                  if a.event and now - a.last >= self.event_hold_s))
+
+    def _remove(self, pick: Callable[[dict[str, Any]], list[str]]) -> list[str]:
+        """Clear the alarms `pick` chooses (under the lock); the last one going calls on_empty."""
         with self._lock:
-            keys = sorted(self._active) if key is None else [key] if key in self._active else []
+            keys = pick(self._active)
             for k in keys:
                 del self._active[k]
             empty = bool(keys) and not self._active
         if empty:
             self._emptied()
         return keys
-
-    def expire(self) -> list[str]:
-        """Clear the events older than event_hold_s; returns their keys."""
-        now = self._clock()
-        with self._lock:
-            old = sorted(k for k, a in self._active.items() if a.event and now - a.last >= self.event_hold_s)
-            for k in old:
-                del self._active[k]
-            empty = bool(old) and not self._active
-        if empty:
-            self._emptied()
-        return old
 
     def active(self) -> list[dict[str, Any]]:
         """[{key, reason, since (UTC), count (since start), kind (condition | event)}], oldest first."""
