@@ -81,6 +81,24 @@ class StallingSource:
         return None
 
 
+class IdsOnly:
+    """Keep only the event ids the peers received (the test peers keep whole messages, which would grow
+    this process by kilobytes per event and hide edgead's own memory behind the benchmark's)."""
+
+    def __init__(self, subscriber: Subscriber, http: HttpPeer) -> None:
+        self.mqtt: set[str] = set()
+        self.http: set[str] = set()
+        self._sub, self._http = subscriber, http
+        subscriber.client.on_message = lambda cl, ud, m: self.mqtt.add(json.loads(m.payload).get("event_id"))
+        threading.Thread(target=self._drain_http, daemon=True, name="soak-http-ids").start()
+
+    def _drain_http(self) -> None:
+        while True:
+            while self._http.received:
+                self.http.add(self._http.received.pop(0)[1].get("event_id"))
+            time.sleep(0.2)
+
+
 class Sampler(threading.Thread):
     """RSS, open descriptors and threads of this process every `every_s` seconds."""
 
@@ -192,6 +210,7 @@ def main() -> None:
     shutil.rmtree(out / "broker", ignore_errors=True)
     broker, http, modbus = Broker(binary, out / "broker"), HttpPeer(), ModbusPeer(free_port())
     subscriber = Subscriber(broker.port, ["edgead/soak/events"], client_id="edgead-soak-sub")
+    ids = IdsOnly(subscriber, http)
     disk = Disk(out / "records", 8)
     shutil.rmtree(out / "outbox", ignore_errors=True)
     camera = StallingSource(open_source(str(video), {"loop": True, "frame_rate": args.fps}, connect=False))
@@ -221,7 +240,7 @@ def main() -> None:
     broker.start() if broker.proc is None else None
     time.sleep(5.0)
     sampler.stop.set()
-    report(args, out, summary, elapsed, sampler.samples, fault_log, subscriber, http, camera, disk)
+    report(args, out, summary, elapsed, sampler.samples, fault_log, ids, camera, disk)
     subscriber.close()
     broker.stop()
     http.close()
@@ -230,10 +249,10 @@ def main() -> None:
 
 
 def report(args: argparse.Namespace, out: Path, summary: dict[str, Any], elapsed: float,
-           samples: list[dict[str, Any]], fault_log: list[dict[str, Any]], subscriber: Subscriber, http: HttpPeer,
+           samples: list[dict[str, Any]], fault_log: list[dict[str, Any]], ids: IdsOnly,
            camera: StallingSource, disk: Disk) -> None:
-    mqtt_ids = {e.get("event_id") for e in subscriber.events("edgead/soak/events")}
-    http_ids = {body.get("event_id") for _, body, _ in http.received}
+    time.sleep(0.5)      # the last HTTP ids drained
+    mqtt_ids, http_ids = set(ids.mqtt), set(ids.http)
     undelivered = summary.get("undelivered", {}) or {}
     parts = int(summary.get("parts", 0))
     run_dirs = sorted(p for p in (out / "records").glob("*") if (p / "events.jsonl").exists())
