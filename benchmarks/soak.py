@@ -85,10 +85,11 @@ class IdsOnly:
     """Keep only the event ids the peers received (the test peers keep whole messages, which would grow
     this process by kilobytes per event and hide edgead's own memory behind the benchmark's)."""
 
-    def __init__(self, subscriber: Subscriber, http: HttpPeer) -> None:
+    def __init__(self, subscriber: Subscriber, http: HttpPeer, modbus: ModbusPeer) -> None:
         self.mqtt: set[str] = set()
         self.http: set[str] = set()
-        self._sub, self._http = subscriber, http
+        self.coil_writes = 0
+        self._sub, self._http, self._modbus = subscriber, http, modbus
         subscriber.client.on_message = lambda cl, ud, m: self.mqtt.add(json.loads(m.payload).get("event_id"))
         threading.Thread(target=self._drain_http, daemon=True, name="soak-http-ids").start()
 
@@ -96,6 +97,9 @@ class IdsOnly:
         while True:
             while self._http.received:
                 self.http.add(self._http.received.pop(0)[1].get("event_id"))
+            while self._modbus.writes:
+                self._modbus.writes.pop(0)
+                self.coil_writes += 1
             time.sleep(0.2)
 
 
@@ -210,7 +214,7 @@ def main() -> None:
     shutil.rmtree(out / "broker", ignore_errors=True)
     broker, http, modbus = Broker(binary, out / "broker"), HttpPeer(), ModbusPeer(free_port())
     subscriber = Subscriber(broker.port, ["edgead/soak/events"], client_id="edgead-soak-sub")
-    ids = IdsOnly(subscriber, http)
+    ids = IdsOnly(subscriber, http, modbus)
     disk = Disk(out / "records", 8)
     shutil.rmtree(out / "outbox", ignore_errors=True)
     camera = StallingSource(open_source(str(video), {"loop": True, "frame_rate": args.fps}, connect=False))
@@ -259,7 +263,7 @@ def report(args: argparse.Namespace, out: Path, summary: dict[str, Any], elapsed
     p99_first, p99_last = p99_windows(run_dirs[-1] / "events.jsonl", args.window * 60) if run_dirs else (None, None)
     row = {
         "minutes": round(elapsed / 60, 1), "fps": args.fps, "frames_read": camera.frames, "parts": parts,
-        "safe_actions": summary.get("safe_actions"), "uninspected": camera.frames - (parts - int((summary.get("safe_actions_by_reason") or {}).get("frame_lost", 0))),
+        "safe_actions": summary.get("safe_actions"), "coil_writes": ids.coil_writes, "uninspected": camera.frames - (parts - int((summary.get("safe_actions_by_reason") or {}).get("frame_lost", 0))),
         "mqtt": {"delivered": len(mqtt_ids), "undelivered": undelivered.get("mqtt", {}).get("count", 0)},
         "webhook": {"delivered": len(http_ids), "undelivered": undelivered.get("webhook", {}).get("count", 0)},
         "rss_mb_first_last": [round(samples[0]["rss_mb"], 1), round(samples[-1]["rss_mb"], 1)] if samples else None,
