@@ -130,12 +130,12 @@ class Disk:
         self.mounted = ok
 
     def fill(self) -> None:
-        with open(self.folder / "ballast", "wb") as f:
-            try:
+        try:
+            with open(self.folder / "ballast", "wb") as f:
                 while True:
                     f.write(b"\0" * 2**16)
-            except OSError:
-                pass
+        except OSError:        # full: the episode is on (also when the disk was full already)
+            pass
 
     def empty(self) -> None:
         (self.folder / "ballast").unlink(missing_ok=True)
@@ -215,7 +215,7 @@ def main() -> None:
     broker, http, modbus = Broker(binary, out / "broker"), HttpPeer(), ModbusPeer(free_port())
     subscriber = Subscriber(broker.port, ["edgead/soak/events"], client_id="edgead-soak-sub")
     ids = IdsOnly(subscriber, http, modbus)
-    disk = Disk(out / "records", 8)
+    disk = Disk(out / "records", 64)     # room for a 30-minute event log: the ballast makes it full
     shutil.rmtree(out / "outbox", ignore_errors=True)
     camera = StallingSource(open_source(str(video), {"loop": True, "frame_rate": args.fps}, connect=False))
     frames = int(args.minutes * 60 * args.fps)
