@@ -20,12 +20,12 @@ if TYPE_CHECKING:
 MIN_FREE_MB = 16.0      # what a verb needs at least to write its small files (records, manifests, reports)
 
 
-def _first_existing(path: Path) -> Path:
-    """`path` or the nearest of its parents that exists."""
-    for candidate in (path, *path.parents):
-        if candidate.exists():
-            return candidate
-    return Path(path.anchor or ".")
+def nearest_existing(path: Path) -> Path:
+    """`path` itself, or the closest folder above it that exists (where a new folder would be made)."""
+    here = path.absolute()
+    while not here.exists() and here != here.parent:
+        here = here.parent
+    return here
 
 
 def check_input(path: str | Path, *, kind: str, what: str, hint: str = "check the path") -> Path:
@@ -51,18 +51,18 @@ def check_output(path: str | Path, *, kind: str, what: str, overwrite: bool = Fa
     folder is fine), a read-only or unwritable location, less than `min_free_mb` free.
     """
     p = Path(path).expanduser()
-    base = _first_existing(p)
-    if base != p and not base.is_dir():
+    base = nearest_existing(p)          # p itself when it exists
+    if not p.exists() and not base.is_dir():
         raise EdgeADError(f"{what} {p}: {base} is a file, so nothing can be written under it",
                           f"choose a {'folder' if kind == 'dir' else 'file'} path outside it")
-    if base == p:
+    if p.exists():
         if kind == "dir" and not p.is_dir():
             raise EdgeADError(f"{what} {p} is a file, but an output folder is needed", "choose another path")
         if kind == "file" and p.is_dir():
             raise EdgeADError(f"{what} {p} is a folder, but a file path is needed", "name a file, e.g. NAME.yaml")
         if not overwrite and (kind == "file" or any(p.iterdir())):
             raise EdgeADError(f"{what} {p} already exists", "choose another path, or pass --overwrite to replace it")
-    folder = p if p.is_dir() else base if base != p else p.parent
+    folder = p if p.is_dir() else p.parent if p.exists() else base
     if _read_only(folder) or not os.access(folder, os.W_OK | os.X_OK):
         raise EdgeADError(f"{what} {p}: {folder} is read-only or not writable",
                           "choose a writable location (check the mount and the permissions)")

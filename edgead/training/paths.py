@@ -14,18 +14,11 @@ import tempfile
 from pathlib import Path
 
 from edgead.errors import EdgeADError
+from edgead.io import nearest_existing
 
 _REASONS = {errno.EROFS: "it is on a read-only file system", errno.EACCES: "there is no permission to write there",
             errno.EPERM: "there is no permission to write there", errno.ENOSPC: "the disk is full",
             errno.EDQUOT: "the disk quota is used up"}
-
-
-def nearest_existing(path: Path) -> Path:
-    """`path` itself, or the closest folder above it that exists (where a new folder would be made)."""
-    here = path.absolute()
-    while not here.exists() and here != here.parent:
-        here = here.parent
-    return here
 
 
 def check_out_dir(out: Path, flag: str, what: str, need_bytes: int = 0) -> None:
