@@ -82,21 +82,38 @@ class StallingSource:
 
 
 class IdsOnly:
-    """Keep only the event ids the peers received (the test peers keep whole messages, which would grow
-    this process by kilobytes per event and hide edgead's own memory behind the benchmark's)."""
+    """Which event ids the peers received, one byte per sequence number in a table allocated up front.
 
-    def __init__(self, subscriber: Subscriber, http: HttpPeer, modbus: ModbusPeer) -> None:
-        self.mqtt: set[str] = set()
-        self.http: set[str] = set()
+    The test peers keep whole messages, and even a set of id strings grows by about 100 bytes per event:
+    either would grow this process and hide edgead's own memory behind the benchmark's bookkeeping."""
+
+    def __init__(self, subscriber: Subscriber, http: HttpPeer, modbus: ModbusPeer, frames: int) -> None:
+        self.mqtt_seen, self.http_seen = bytearray(2 * frames + 1000), bytearray(2 * frames + 1000)
+        self.foreign = 0           # ids that are not <run id>-<seq> within the run: counted, never delivered
         self.coil_writes = 0
         self._sub, self._http, self._modbus = subscriber, http, modbus
-        subscriber.client.on_message = lambda cl, ud, m: self.mqtt.add(json.loads(m.payload).get("event_id"))
+        subscriber.client.on_message = lambda cl, ud, m: self._mark(self.mqtt_seen, json.loads(m.payload))
         threading.Thread(target=self._drain_http, daemon=True, name="soak-http-ids").start()
+
+    def _mark(self, table: bytearray, msg: dict[str, Any]) -> None:
+        seq = str(msg.get("event_id", "")).rpartition("-")[2]
+        if seq.isdigit() and int(seq) < len(table):
+            table[int(seq)] = 1
+        else:
+            self.foreign += 1
+
+    @property
+    def mqtt(self) -> int:
+        return sum(self.mqtt_seen)
+
+    @property
+    def http(self) -> int:
+        return sum(self.http_seen)
 
     def _drain_http(self) -> None:
         while True:
             while self._http.received:
-                self.http.add(self._http.received.pop(0)[1].get("event_id"))
+                self._mark(self.http_seen, self._http.received.pop(0)[1])
             while self._modbus.writes:
                 self._modbus.writes.pop(0)
                 self.coil_writes += 1
@@ -214,11 +231,11 @@ def main() -> None:
     shutil.rmtree(out / "broker", ignore_errors=True)
     broker, http, modbus = Broker(binary, out / "broker"), HttpPeer(), ModbusPeer(free_port())
     subscriber = Subscriber(broker.port, ["edgead/soak/events"], client_id="edgead-soak-sub")
-    ids = IdsOnly(subscriber, http, modbus)
+    frames = int(args.minutes * 60 * args.fps)
+    ids = IdsOnly(subscriber, http, modbus, frames)
     disk = Disk(out / "records", 64)     # room for a 30-minute event log: the ballast makes it full
     shutil.rmtree(out / "outbox", ignore_errors=True)
     camera = StallingSource(open_source(str(video), {"loop": True, "frame_rate": args.fps}, connect=False))
-    frames = int(args.minutes * 60 * args.fps)
     cfg = from_dict({
         "engine": str(engine), "calibration": str(cal), "camera": {"source": str(video), "live": True,
                                                                   "stall_alarm_s": 1.0},
@@ -256,16 +273,16 @@ def report(args: argparse.Namespace, out: Path, summary: dict[str, Any], elapsed
            samples: list[dict[str, Any]], fault_log: list[dict[str, Any]], ids: IdsOnly,
            camera: StallingSource, disk: Disk) -> None:
     time.sleep(0.5)      # the last HTTP ids drained
-    mqtt_ids, http_ids = set(ids.mqtt), set(ids.http)
+    mqtt_ids, http_ids = ids.mqtt, ids.http
     undelivered = summary.get("undelivered", {}) or {}
     parts = int(summary.get("parts", 0))
     run_dirs = sorted(p for p in (out / "records").glob("*") if (p / "events.jsonl").exists())
     p99_first, p99_last = p99_windows(run_dirs[-1] / "events.jsonl", args.window * 60) if run_dirs else (None, None)
     row = {
         "minutes": round(elapsed / 60, 1), "fps": args.fps, "frames_read": camera.frames, "parts": parts,
-        "safe_actions": summary.get("safe_actions"), "coil_writes": ids.coil_writes, "uninspected": camera.frames - (parts - int((summary.get("safe_actions_by_reason") or {}).get("frame_lost", 0))),
-        "mqtt": {"delivered": len(mqtt_ids), "undelivered": undelivered.get("mqtt", {}).get("count", 0)},
-        "webhook": {"delivered": len(http_ids), "undelivered": undelivered.get("webhook", {}).get("count", 0)},
+        "safe_actions": summary.get("safe_actions"), "coil_writes": ids.coil_writes, "foreign_ids": ids.foreign, "uninspected": camera.frames - (parts - int((summary.get("safe_actions_by_reason") or {}).get("frame_lost", 0))),
+        "mqtt": {"delivered": mqtt_ids, "undelivered": undelivered.get("mqtt", {}).get("count", 0)},
+        "webhook": {"delivered": http_ids, "undelivered": undelivered.get("webhook", {}).get("count", 0)},
         "rss_mb_first_last": [round(samples[0]["rss_mb"], 1), round(samples[-1]["rss_mb"], 1)] if samples else None,
         "rss_slope_mb_per_h": round(rss_slope(samples, 120.0), 2),
         "fds_first_last_max": [samples[0]["fds"], samples[-1]["fds"], max(s["fds"] for s in samples)] if samples else None,

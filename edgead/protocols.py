@@ -75,7 +75,7 @@ class InspectionEvent:
     source: str = ""
     latency_ms: dict[str, float] = field(default_factory=dict)   # capture->queue, preprocess, infer, decide
     extra: dict[str, Any] = field(default_factory=dict)
-    event_id: str = ""           # "<run id>-<seq>": the same in every output and on replay (consumers de-duplicate)
+    event_id: str = ""           # "<run id>-<n>", n the part number: the same in every output and on replay
 
     @property
     def rejected(self) -> bool:

@@ -69,7 +69,7 @@ class LoopOptions:
     read_timeout_s: float = 0.1
     stall_alarm_s: float = 0.0
     max_frames: int | None = None
-    run_id: str = ""                # prefixes every event's id ("<run id>-<seq>")
+    run_id: str = ""                # prefixes every event's id ("<run id>-<n>")
 
 
 @dataclass
@@ -433,8 +433,10 @@ class Loop:
             t = last_t + (frame.t_capture - last_t) * (k + 1) / (lost + 1)
             ev = InspectionEvent(seq=last_seq + 1 + k, t_capture=t, wall_time=frame.wall_time, decision="safe_reject",
                                  score=None, threshold=self.threshold, reason="frame lost", source=frame.source,
-                                 extra={"lost_between": [last_seq, frame.seq]}, event_id=self._event_id(last_seq + 1 + k))
-            self._emit(Outcome(self._pid(), ev))
+                                 extra={"lost_between": [last_seq, frame.seq]})
+            pid = self._pid()
+            ev.event_id = self._event_id(pid)
+            self._emit(Outcome(pid, ev))
 
     def _watch_reconnects(self) -> None:
         """Mirror the camera's reconnect count into the metrics."""
@@ -535,10 +537,12 @@ class Loop:
         return InspectionEvent(seq=f.seq, t_capture=f.t_capture, wall_time=f.wall_time, decision=decision,
                                score=score, threshold=self.threshold, reason=reason, source=f.source,
                                latency_ms=dict(p.lat), extra=dict(f.meta) if f.meta else {},
-                               event_id=self._event_id(f.seq))
+                               event_id=self._event_id(p.pid))
 
-    def _event_id(self, seq: int) -> str:
-        return f"{self.opt.run_id}-{seq}" if self.opt.run_id else str(seq)
+    def _event_id(self, pid: int) -> str:
+        """`<run id>-<n>`, n the loop's own part number: unique in the run even when a camera restarts its
+        frame numbering, so a consumer can de-duplicate replayed events by id."""
+        return f"{self.opt.run_id}-{pid}" if self.opt.run_id else str(pid)
 
     def _safe(self, p: Part, reason: str, score: float | None = None, amap: np.ndarray | None = None,
               resolved: bool = False) -> None:
