@@ -31,6 +31,7 @@ import subprocess
 import sys
 import threading
 import time
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -121,19 +122,23 @@ class IdsOnly:
 
 
 class Sampler(threading.Thread):
-    """RSS, open descriptors and threads of this process every `every_s` seconds."""
+    """RSS, open descriptors and threads of this process every `every_s` seconds; with `heap`, also the
+    bytes Python objects hold (tracemalloc), which tells objects kept per event from allocator growth."""
 
-    def __init__(self, every_s: float) -> None:
+    def __init__(self, every_s: float, heap: bool = False) -> None:
         super().__init__(daemon=True, name="soak-sampler")
-        self.every_s, self.samples = every_s, []
+        self.every_s, self.samples, self.heap = every_s, [], heap
         self.stop = threading.Event()
 
     def run(self) -> None:
         page = os.sysconf("SC_PAGE_SIZE")
         while not self.stop.wait(self.every_s):
             rss = int(Path("/proc/self/statm").read_text().split()[1]) * page / 2**20
-            self.samples.append({"t": time.monotonic(), "rss_mb": rss, "fds": len(os.listdir("/proc/self/fd")),
-                                 "threads": len(os.listdir("/proc/self/task"))})
+            sample = {"t": time.monotonic(), "rss_mb": rss, "fds": len(os.listdir("/proc/self/fd")),
+                      "threads": len(os.listdir("/proc/self/task"))}
+            if self.heap:
+                sample["heap_mb"] = tracemalloc.get_traced_memory()[0] / 2**20
+            self.samples.append(sample)
 
 
 class Disk:
@@ -186,9 +191,10 @@ def faults(stop: threading.Event, period_s: float, broker: Broker, http: HttpPee
         k += 1
 
 
-def rss_slope(samples: list[dict[str, Any]], warmup_s: float) -> float:
+def rss_slope(samples: list[dict[str, Any]], warmup_s: float, key: str = "rss_mb") -> float:
+    """MB per hour, least squares over the samples after `warmup_s`."""
     t0 = samples[0]["t"] if samples else 0.0
-    pts = [(s["t"] - t0, s["rss_mb"]) for s in samples if s["t"] - t0 >= warmup_s]
+    pts = [(s["t"] - t0, s[key]) for s in samples if s["t"] - t0 >= warmup_s and key in s]
     if len(pts) < 3:
         return float("nan")
     t, y = np.array(pts).T
@@ -213,7 +219,10 @@ def main() -> None:
     ap.add_argument("--window", type=float, default=5.0, help="minutes of the first and last p99 windows")
     ap.add_argument("--fps", type=float, default=20.0)
     ap.add_argument("--out", default="bench-out/soak")
+    ap.add_argument("--heap", action="store_true", help="also trace Python's heap (tracemalloc; slower)")
     args = ap.parse_args()
+    if args.heap:
+        tracemalloc.start()
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     model, data = tiny_model(out)
@@ -245,7 +254,7 @@ def main() -> None:
             {"type": "webhook", "url": http.url, "per_part": True, "retries": 1, "timeout_ms": 500},
             {"type": "modbus", "host": "127.0.0.1", "port": modbus.port, "coil": 12, "pulse_ms": 20},
             {"type": "log", "path": str(out / "events-log.jsonl"), "per_part": True}]})
-    sampler, stop, fault_log = Sampler(10.0), threading.Event(), []
+    sampler, stop, fault_log = Sampler(10.0, args.heap), threading.Event(), []
     sampler.start()
     injector = threading.Thread(target=faults, args=(stop, args.period * 60, broker, http, camera, disk, fault_log),
                                 daemon=True)
@@ -285,6 +294,11 @@ def report(args: argparse.Namespace, out: Path, summary: dict[str, Any], elapsed
         "webhook": {"delivered": http_ids, "undelivered": undelivered.get("webhook", {}).get("count", 0)},
         "rss_mb_first_last": [round(samples[0]["rss_mb"], 1), round(samples[-1]["rss_mb"], 1)] if samples else None,
         "rss_slope_mb_per_h": round(rss_slope(samples, 120.0), 2),
+        "rss_slope_second_half_mb_per_h": round(rss_slope(samples, elapsed / 2), 2),
+        "heap_mb_first_last": [round(samples[0]["heap_mb"], 2), round(samples[-1]["heap_mb"], 2)]
+        if samples and "heap_mb" in samples[0] else None,
+        "heap_slope_mb_per_h": round(rss_slope(samples, 120.0, "heap_mb"), 2) if args.heap else None,
+        "samples": [{k: round(v, 2) for k, v in s.items()} for s in samples],
         "fds_first_last_max": [samples[0]["fds"], samples[-1]["fds"], max(s["fds"] for s in samples)] if samples else None,
         "threads_first_last_max": [samples[0]["threads"], samples[-1]["threads"],
                                    max(s["threads"] for s in samples)] if samples else None,
