@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from edgead import __version__
 from edgead.backends.manifest import BACKENDS, PRECISIONS
-from edgead.errors import EdgeADError
+from edgead.errors import EdgeADError, RedactingFilter
+from edgead.io import check_input
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -52,6 +54,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from edgead.model.config import load_config
     import yaml
 
+    if args.config:
+        check_input(args.config, kind="file", what="--config", hint="give a YAML file whose keys override the preset")
     cfg = load_config(args.preset, args.config, _overrides(args))
     if args.print_config:
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
@@ -93,6 +97,8 @@ def print_metrics(result: dict) -> None:
 def cmd_demo(args: argparse.Namespace) -> int:
     from edgead.demo.demo import run_demo
 
+    if args.data:
+        check_input(args.data, kind="dir", what="--data", hint="give an MVTec-layout category root")
     run_demo(Path(args.out), quick=args.quick, data=args.data, epochs=args.epochs, seed=args.seed,
              report_dir=Path(args.report), size=tuple(args.size) if args.size else None)
     return 0
@@ -120,13 +126,14 @@ def cmd_build_engine(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from edgead.backends.bench import bench
 
+    check_input(args.engine, kind="dir", what="--engine", hint="give an engine folder written by `edgead build-engine`")
     bench(args.engine, batches=args.batch, iters=args.iters, warmup=args.warmup, with_torch=not args.no_torch,
           backends=args.backend, out=args.out)
     return 0
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from edgead.decide.calibrate import calibrate
+    from edgead.decide.calibrate import calibrate, check_inputs
     from edgead.decide.drift import EXIT_DRIFT, check_drift
 
     if args.check:
@@ -137,6 +144,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         if given:
             raise EdgeADError(f"{given[0]} cannot be used with --check",
                               "--check re-scores good parts against an existing record; drop that option")
+        check_input(args.check, kind="file", what="--check", hint="give a calibration record written by "
+                    "`edgead calibrate` (calibration/NAME.yaml)")
+        check_inputs(args.engine, args.good)
         report = check_drift(args.check, args.good, engine=args.engine, backend=args.backend,
                              precision=args.precision, skip_bad=args.skip_bad, force=args.force)
         return EXIT_DRIFT if report["drift"] else 0
@@ -179,6 +189,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_signals_test(args: argparse.Namespace) -> int:
     from edgead.signals.wiring_check import signals_test
 
+    check_input(args.config, kind="file", what="--config", hint="give the run YAML with an `outputs:` list")
     return signals_test(args.config)
 
 
@@ -418,7 +429,32 @@ def _add_demo(sub: _Subparsers) -> None:
     p.set_defaults(func=cmd_demo)
 
 
+class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever sys.stderr is at the time of the line (as logging's last-resort handler does)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
+def _log_to_stderr() -> None:
+    """Warnings of every module (ours and the libraries') as plain lines on stderr, each redacted."""
+    root = logging.getLogger()
+    if not any(isinstance(h, _Stderr) for h in root.handlers):
+        handler = _Stderr()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler.addFilter(RedactingFilter())
+        root.addHandler(handler)
+        if root.level == logging.NOTSET or root.level > logging.WARNING:
+            root.setLevel(logging.WARNING)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    _log_to_stderr()
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.verb is None:                 # every verb sets func; `signals` requires its ACTION

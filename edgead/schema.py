@@ -19,6 +19,7 @@ from typing import Any, Iterable, Union, get_args, get_origin, get_type_hints
 import yaml
 
 from edgead.errors import EdgeADError
+from edgead.io import check_input
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,9 @@ def _convert(value: Any, hint: Any, place: Place, name: str) -> Any:
     if hint is Any:
         return value
     if origin in (Union, types.UnionType):
+        sections = [o for o in get_args(hint) if dataclasses.is_dataclass(o) and isinstance(o, type)]
+        if isinstance(value, dict) and len(sections) == 1:   # a section: its own errors name its keys
+            return _convert(value, sections[0], place, name)
         for option in get_args(hint):
             try:
                 return _convert(value, option, place, name)
@@ -190,15 +194,20 @@ def safe_load(text: str, what: str) -> Any:
     except _DuplicateKey as exc:
         raise EdgeADError(f"{what}: {exc}", "remove one of the two lines") from None
     except yaml.YAMLError as exc:
-        raise EdgeADError(f"{what} is not valid YAML: {str(exc).splitlines()[0]}",
-                          "fix the YAML syntax (indentation, colons)") from None
+        raise EdgeADError(f"{what} is not valid YAML: {_yaml_problem(exc)}",
+                          "fix the YAML syntax (indentation, colons, brackets)") from None
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """"expected ',' or ']', but got ':' at line 2, column 3": what the parser found, and where."""
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else problem
 
 
 def read_yaml(path: str | Path, what: str, hint: str) -> Any:
     """A YAML file's content (None when empty); a missing file or bad syntax says so, naming `what`."""
-    path = Path(path)
-    if not path.is_file():
-        raise EdgeADError(f"{what} not found: {path}", hint)
+    path = check_input(path, kind="file", what=what, hint=hint)
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:

@@ -169,6 +169,15 @@ class ModbusPeer:
             self._client.connect()
         self._client.write_register(address, value, device_id=1)
 
+    def set_coil(self, address: int, value: bool) -> None:
+        """Switch a coil from outside (the operator's button wired to the PLC)."""
+        from pymodbus.client import ModbusTcpClient
+
+        if self._client is None:
+            self._client = ModbusTcpClient(LOOPBACK, port=self.port, timeout=1)
+            self._client.connect()
+        self._client.write_coil(address, value, device_id=1)
+
     def close(self) -> None:
         self.stop()
         self._loop.call_soon_threadsafe(self._loop.stop)
@@ -303,13 +312,22 @@ class Subscriber:
         self.client.loop_stop()
 
 
+def outbox_ids(folder: Path) -> list[str]:
+    """The ids of the events waiting in an outbox folder, in their order (read from the files)."""
+    from edgead.signals.outbox import load_acks, parse_record, segment_paths
+
+    acked_to, listed = load_acks(folder)
+    recs = [parse_record(line) for _, p in segment_paths(folder) for line in p.read_bytes().splitlines()]
+    return [r.event_id for r in recs if r is not None and r.n > acked_to and r.n not in listed]
+
+
 # ---------------------------------------------------------------- HTTP peer
 
 
 class HttpPeer:
     """ThreadingHTTPServer on 127.0.0.1: answers `fail_status` to the first `fail_first` posts, sleeps `delay_s`."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
         peer = self
         self.fail_first = 0
         self.fail_status = 500
@@ -337,7 +355,7 @@ class HttpPeer:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer((LOOPBACK, 0), Handler)
+        self.server = ThreadingHTTPServer((LOOPBACK, port), Handler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         self.url = f"http://{LOOPBACK}:{self.port}/edgead/events"

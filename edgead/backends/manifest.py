@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from edgead.errors import EdgeADError
-from edgead.io import atomic_write_json, json_line, sha256_file
+from edgead.io import atomic_write_json, check_input, json_line, sha256_file
 from edgead.preprocess import PreprocessSpec
 from edgead.schema import Place, at_least, build, is_number, known_keys, mapping, need, one_of
 
@@ -134,14 +134,15 @@ def damaged(detail: str) -> EdgeADError:
 def read_manifest(engine_dir: Path) -> dict[str, Any]:
     """The manifest of an engine folder, checked whole (see the module docstring)."""
     path = engine_dir / MANIFEST
-    if not engine_dir.is_dir():
-        raise EdgeADError(f"engine folder not found: {engine_dir}",
-                          "build one with `edgead build-engine --model models/NAME`")
+    check_input(engine_dir, kind="dir", what="engine folder",
+                hint="build one with `edgead build-engine --model models/NAME`")
+    if not path.exists():
+        raise EdgeADError(f"{engine_dir} holds no {MANIFEST}: not an edgead engine folder",
+                          "point --engine at the folder written by `edgead build-engine`")
+    check_input(path, kind="file", what="engine manifest", hint="point --engine at the folder written by "
+                                                                "`edgead build-engine`")
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise EdgeADError(f"{engine_dir} holds no {MANIFEST}: not an edgead engine folder",
-                          "point --engine at the folder written by `edgead build-engine`") from None
     except (OSError, ValueError) as exc:        # ValueError: bad JSON or bad UTF-8
         raise damaged(f"{path} is unreadable or not JSON ({exc.__class__.__name__})") from None
     if isinstance(manifest, dict) and isinstance(manifest.get("format"), int) and manifest["format"] != FORMAT:

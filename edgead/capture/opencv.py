@@ -14,7 +14,6 @@ import re
 import time
 from pathlib import Path
 from typing import Any, Callable
-from urllib.parse import urlsplit, urlunsplit
 
 import cv2
 import numpy as np
@@ -22,22 +21,12 @@ import numpy as np
 from edgead.capture.accounting import FrameAccount
 from edgead.capture.config import CameraConfig
 from edgead.capture.frames import Pacer, make_frame
-from edgead.errors import EdgeADError
+from edgead.errors import EdgeADError, redact_text
 from edgead.protocols import Frame
 
 log = logging.getLogger(__name__)
 
 CaptureFactory = Callable[..., Any]      # cv2.VideoCapture, or a test double with the same calls
-
-
-def redact(url: str) -> str:
-    """A URL safe for logs and names: the password replaced by ***."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def _rgb(image: np.ndarray) -> np.ndarray:
@@ -75,7 +64,7 @@ class OpenCVCamera:
         self.api = api
         self.kind = "gst" if api == cv2.CAP_GSTREAMER else "device" if isinstance(target, int) or \
             str(target).startswith("/dev/") else "stream"
-        self.name: str = name or (f"opencv:{target}" if self.kind == "device" else redact(str(target)))
+        self.name: str = name or (f"opencv:{target}" if self.kind == "device" else redact_text(str(target)))
         self.max_failures = max_failures
         self._factory = capture_factory
         self._cap: Any = None

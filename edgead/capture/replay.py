@@ -19,6 +19,7 @@ from edgead.capture.config import CameraConfig
 from edgead.capture.frames import Pacer, make_frame
 from edgead.data.images import IMAGE_EXTENSIONS, list_images, read_image
 from edgead.errors import EdgeADError
+from edgead.io import check_input
 from edgead.protocols import Frame
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,8 @@ class ReplaySource:
     def open(self) -> None:
         if self._files is not None:
             return
+        check_input(self.folder, kind="dir", what="--camera",
+                    hint="give a folder of images to replay (--camera, or 'camera.source' in the run config)")
         files = list_images(self.folder)
         if not files:
             raise EdgeADError(f"no images in {self.folder}",

@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 
 from edgead.errors import EdgeADError
+from edgead.io import check_input
 from edgead.preprocess import PreprocessSpec, preprocess, to_uint8
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -65,11 +66,7 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
 
     Hidden files are skipped: macOS leaves '._name.png' metadata files that are not images.
     """
-    f = Path(folder)
-    if not f.exists():
-        raise EdgeADError(f"folder not found: {f}", "check the path")
-    if not f.is_dir():
-        raise EdgeADError(f"not a folder: {f}", "pass the folder that holds the images")
+    f = check_input(folder, kind="dir", what="the image folder", hint="pass the folder that holds the images")
     return sorted(
         p
         for p in f.iterdir()

@@ -18,6 +18,7 @@ from edgead.decide.record import build_record, check_out, write_record
 from edgead.decide.scoring import Scored, engine_info, score_images, source_hw
 from edgead.decide.text import Log, pct, stderr
 from edgead.errors import EdgeADError
+from edgead.io import check_input
 from edgead.preprocess import PreprocessSpec
 
 
@@ -44,6 +45,19 @@ def defect_paths(folder: str | Path) -> list[Path]:
         raise EdgeADError(f"no defective images found in {root}",
                           "pass a folder of defective images, or an MVTec category root with test/<defect_type>/")
     return paths
+
+
+ENGINE_HINT = "give an engine folder written by `edgead build-engine` (e.g. --engine engines/NAME)"
+
+
+def check_inputs(engine: str | Path | None, good: str | Path, defects: str | Path | None = None) -> None:
+    """--engine, --good and --defects exist and can be read (a folder each), before any image is scored."""
+    if engine is not None:
+        check_input(engine, kind="dir", what="--engine", hint=ENGINE_HINT)
+    check_input(good, kind="dir", what="--good", hint="give a folder of good images, or an MVTec category root")
+    if defects is not None:
+        check_input(defects, kind="dir", what="--defects",
+                    hint="give a folder of defective images, or an MVTec category root with test/<defect_type>/")
 
 
 def _check_area_options(min_defect_area: float | None, mm_per_px: float | None) -> None:
@@ -90,6 +104,7 @@ def calibrate(engine: str | Path, good: str | Path, defects: str | Path | None =
 
     target = T.check_target(target_frr)
     _check_area_options(min_defect_area, mm_per_px)
+    check_inputs(engine, good, defects)
     good_list, good_dir, notes = good_paths(good)
     T.choose_method(len(good_list), target, method)  # too few images: fail before loading the engine
     bad_list = defect_paths(defects) if defects is not None else []

@@ -18,6 +18,7 @@ from edgead.decide.record import check_engine, read_calibration
 from edgead.decide.scoring import engine_info, score_images
 from edgead.decide.text import Log, pct, stderr
 from edgead.errors import EdgeADError
+from edgead.io import check_input
 
 EXIT_DRIFT = 3
 CHECK_MIN_IMAGES = 10
@@ -32,9 +33,9 @@ def check_drift(record_path: str | Path, good: str | Path, engine: str | Path | 
     rec = read_calibration(record_path, force)  # an edited or implausible record: refused, or forced loudly
     eng = rec["engine"]
     engine_dir = Path(engine) if engine is not None else Path(eng["path"])
-    if engine is None and not engine_dir.is_dir():
-        raise EdgeADError(f"the record's engine folder {engine_dir} is not found",
-                          "pass --engine engines/NAME (the engine the record was calibrated with)")
+    if engine is None:
+        check_input(engine_dir, kind="dir", what="the record's engine folder",
+                    hint="pass --engine engines/NAME (the engine the record was calibrated with)")
     paths = good_images(good, min_count=CHECK_MIN_IMAGES)
     detector = load_detector(engine_dir, backend or eng["backend"], precision or eng["precision"])
     check_engine(rec, record_path, detector, force)

@@ -11,7 +11,6 @@ table (.csv) are written beside it, all three or none. `decide` is the run loop'
 from __future__ import annotations
 
 import math
-import os
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -28,7 +27,7 @@ from edgead.decide.integrity import implausible, record_digest
 from edgead.decide.scoring import Scored
 from edgead.decide.text import pct
 from edgead.errors import EdgeADError
-from edgead.io import atomic_write
+from edgead.io import atomic_write, check_input, check_output, write_failed
 from edgead.schema import safe_load
 
 KIND = "edgead-calibration"
@@ -134,27 +133,11 @@ def record_files(out: Path) -> tuple[Path, Path, Path]:
 def check_out(out: str | Path, overwrite: bool = False) -> Path:
     """Can the record (and its figure and table) be written at `out`? One EdgeADError naming --out, else the path.
 
-    Stands in for `edgead.io.check_output` for the three files: a path under a file, a folder in the way,
-    a folder that cannot be written, or an existing record (figure, table) without `overwrite`.
+    The record's own rule (a .yaml name) here; the rest is `edgead.io.check_output`, with the figure
+    and the table as companions: an existing record, figure or table is replaced only with `overwrite`.
     """
     out = yaml_path(out)
-    parent = next((a for a in out.parents if a.exists() or a == Path(a.anchor)), Path("."))
-    if not parent.is_dir():
-        raise EdgeADError(f"--out {out}: {parent} is a file, not a folder",
-                          "choose a path inside a folder, e.g. --out calibration/NAME.yaml")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise EdgeADError(f"--out {out}: cannot write in {parent} (read-only or no permission)",
-                          "choose a folder you can write to")
-    for f in record_files(out):
-        if f.is_dir():
-            raise EdgeADError(f"--out {out}: {f} is a folder", f"give the record's file name, e.g. --out {f}/NAME.yaml"
-                              if f == out else f"move the folder {f} away, or choose another --out")
-    existing = [f for f in record_files(out) if f.exists()]
-    if existing and not overwrite:
-        what = "already exists" if existing[0] == out else f"has a figure or table beside it already ({existing[0]})"
-        raise EdgeADError(f"--out {out} {what}: calibrate does not replace a record silently",
-                          "pass --overwrite to replace it (and its figure and table), or choose another --out")
-    return out
+    return check_output(out, kind="file", what="--out", overwrite=overwrite, companions=record_files(out)[1:])
 
 
 def _table_csv(record: dict[str, Any]) -> bytes:
@@ -204,8 +187,7 @@ def write_record(record: dict[str, Any], out: str | Path, good: np.ndarray,
         if record["defects"] is None:
             out.with_suffix(".csv").unlink(missing_ok=True)  # an earlier record's table: this one has none
     except OSError as e:
-        raise EdgeADError(f"cannot write the calibration record {out}: {e.strerror or e}",
-                          "check the folder (free space, permissions) and calibrate again") from None
+        raise write_failed(out, e, "--out", "no part of the record was written: calibrate again") from None
     return out
 
 
@@ -238,11 +220,10 @@ def _check_number(value: Any, where: str, path: Path, integer: bool = False) -> 
 
 def _load_yaml(p: Path) -> Any:
     """The parsed file: a missing, unreadable or invalid-YAML file (or a key given twice) says which."""
+    check_input(p, kind="file", what="calibration record",
+                hint="calibrate first: edgead calibrate --engine engines/NAME --good DIR")
     try:
         text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise EdgeADError(f"calibration record not found: {p}",
-                          "calibrate first: edgead calibrate --engine engines/NAME --good DIR") from None
     except (OSError, UnicodeDecodeError) as e:
         raise EdgeADError(f"cannot read calibration record {p}: {getattr(e, 'strerror', None) or e}",
                           "check the path and the file's permissions") from e

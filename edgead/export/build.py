@@ -19,7 +19,6 @@ once complete. The output path, its free space and the model artifact are checke
 
 from __future__ import annotations
 
-import errno
 import os
 import platform
 import shutil
@@ -34,10 +33,9 @@ from edgead.backends.manifest import (BACKENDS, FORMAT, PRECISIONS, read_manifes
                                       write_manifest)
 from edgead.errors import EdgeADError
 from edgead.export.tensorrt_build import TIMING_CACHE
-from edgead.io import MIN_FREE_MB, check_output
+from edgead.io import MIN_FREE_MB, WRITE_ERRORS, check_input, check_output, write_reason
 
 NOT_USABLE = "TensorRT is not usable on this machine (tensorrt or cuda-python missing, or no GPU)"
-WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 
 
 def _check_precision(precision: str) -> None:
@@ -112,7 +110,7 @@ def _staging(out: Path, carry: tuple[str, ...] = ()) -> Iterator[Path]:
     except OSError as exc:
         if exc.errno not in WRITE_ERRORS:
             raise
-        raise EdgeADError(f"--out {out}: writing the engines failed: {exc.strerror or exc}",
+        raise EdgeADError(f"--out {out}: writing the engines failed: {write_reason(exc)}",
                           "free some space, or choose a writable --out (check the mount and the permissions)") from None
     finally:
         if stage is not None and stage.exists():
@@ -152,7 +150,8 @@ def build_engine(model_dir: str | Path, out: str | Path | None = None, *, backen
 
     An existing, non-empty `out` is refused unless `overwrite`; then it is replaced only once the new
     folder is complete. Every path and the model artifact are checked before the export starts."""
-    model_dir = Path(model_dir)
+    model_dir = check_input(model_dir, kind="dir", what="--model",
+                            hint="give the model folder written by `edgead train --out`")
     out = Path(out) if out else Path("engines") / model_dir.name
     if backend not in ("auto", *BACKENDS):
         raise EdgeADError(f"unknown backend {backend!r}", f"use auto, {' or '.join(BACKENDS)}")
@@ -198,7 +197,8 @@ def rebuild_tensorrt(engine_dir: str | Path, *, precision: str = "fp16", max_bat
     """`build-engine --engine`: build (or replace) the TensorRT entry of an engine folder on this device;
     returns the manifest. Adding to the folder is what this does, so it needs no overwrite; the folder
     must be writable and have room for the plans, checked before the build."""
-    engine_dir = Path(engine_dir)
+    engine_dir = check_input(engine_dir, kind="dir", what="--engine",
+                             hint="give an engine folder exported with `edgead build-engine --model`")
     manifest = read_manifest(engine_dir)
     _check_precision(precision)
     _check_tensorrt('on a Jetson, TensorRT comes with JetPack; then pip install "edgead[trt]"')

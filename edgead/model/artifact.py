@@ -16,7 +16,7 @@ import yaml
 
 from edgead.model.config import ModelConfig
 from edgead.errors import EdgeADError
-from edgead.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from edgead.io import atomic_write_bytes, atomic_write_json, atomic_write_text, check_input
 from edgead.model.kd import DualKD
 from edgead.model.weights import is_state_dict, read_torch_file
 from edgead.schema import read_yaml
@@ -55,8 +55,7 @@ def read_metadata(model_dir: Path) -> dict[str, Any]:
 def load_config_from_model(model_dir: Path) -> ModelConfig:
     """The model's config.yaml; bad YAML or a value training would not have written is one message naming the file."""
     path = Path(model_dir) / CONFIG_FILE
-    if not Path(model_dir).is_dir():
-        raise EdgeADError(f"model folder not found: {model_dir}", "train one with `edgead train --data DIR --out models/NAME`")
+    check_input(model_dir, kind="dir", what="the model folder", hint="train one with `edgead train --data DIR --out models/NAME`")
     if not path.is_file():
         raise EdgeADError(f"{model_dir} is not an edgead model: {CONFIG_FILE} is missing",
                           "point --model at the folder written by `edgead train`")

@@ -41,6 +41,8 @@ to the default is exactly the failure an inspection station cannot afford.
     outbox_dir: null                  # where mqtt/webhook events wait until acknowledged, kept across
                                       #   restarts (null: $EDGEAD_STATE_DIR/outbox, ~/.local/state/edgead)
     allow_degraded: false             # start even when an output reports unhealthy
+    alarm_ack: null                   # the operator's acknowledge button on the PLC (edgead.signals.ack_input):
+                                      #   {type: modbus, host: H, port: 502, coil: N (or discrete_input: N)}
 
 `RunConfig.to_dict()` (what run.json keeps) writes every secret as "***": passwords, tokens, keys
 named *_secret or *_token, and a password inside a URL (`http://user:pw@host`); the *_env keys (names
@@ -57,14 +59,16 @@ from typing import Any
 
 from edgead.backends.manifest import BACKENDS, PRECISIONS
 from edgead.capture.config import CameraConfig
-from edgead.errors import EdgeADError
+from edgead.signals.ack_input import AckInputConfig
+from edgead.errors import REDACTED, EdgeADError, redact_text, register_secret
+from edgead.io import check_input, check_output
 from edgead.schema import Place, at_least, build, is_int, known_keys, one_of, read_yaml
 
 SAFE_ACTIONS = ("reject", "stop")
 MIN_TOKEN_CHARS = 16
-REDACTED = "***"
 SINK_FAILURE = ("alarm", "stop")
 RUN = Place("run config")
+RECORD_FLAG = "--record (record.dir)"   # the record folder comes from the flag or the run config's key
 
 
 @dataclass
@@ -121,6 +125,7 @@ class RunConfig:
     on_sink_failure: str = "alarm"
     outbox_dir: str | None = None     # where undelivered events wait (null: $EDGEAD_STATE_DIR/outbox)
     allow_degraded: bool = False
+    alarm_ack: AckInputConfig | None = None   # a PLC bit whose rising edge acknowledges the alarms
 
     @property
     def trigger_mode(self) -> bool:
@@ -153,6 +158,8 @@ class RunConfig:
                "was not inspected is never an option")
         self.record.validate()
         self.http.validate()
+        if self.alarm_ack is not None:
+            self.alarm_ack.validate(RUN.child("alarm_ack"))
         one_of(RUN, "on_sink_failure", self.on_sink_failure, SINK_FAILURE, f"expected {' or '.join(SINK_FAILURE)}")
         from edgead.signals.config import parse_outputs
 
@@ -167,6 +174,22 @@ class RunConfig:
             raise EdgeADError("run needs --camera", "pass --camera 0|FILE|URL|FOLDER|gige:ID|genicam:CTI "
                                                     "or set 'camera.source' in --config")
 
+    def check_paths(self) -> None:
+        """Every path of the run, before anything is opened: the engine folder and the calibration record
+        exist and can be read, so can a replayed file or folder, and the record folder can be written."""
+        self.require()
+        check_input(str(self.engine), kind="dir", what="--engine", hint="give the engine folder written by "
+                    "`edgead build-engine` (--engine, or 'engine' in --config)")
+        check_input(str(self.calibration), kind="file", what="--calibration", hint="give the record written by "
+                    "`edgead calibrate` (--calibration, or 'calibration' in --config)")
+        spec = str(self.camera.source).strip()
+        source = Path(spec).expanduser()
+        if not re.fullmatch(r"\d+|/dev/video\d+", spec) and (source.is_dir() or source.is_file()):
+            check_input(source, kind="dir" if source.is_dir() else "file", what="--camera",
+                        hint="give a video file or a folder of images to replay (--camera, or 'camera.source')")
+        if self.record.dir:
+            check_output(self.record.dir, kind="dir", what=RECORD_FLAG, overwrite=True, min_free_mb=0)
+
     def to_dict(self) -> dict[str, Any]:
         """The settings as run.json records them: secrets redacted (see the module docstring)."""
         d: dict[str, Any] = {}
@@ -179,7 +202,6 @@ class RunConfig:
 
 
 _SECRET_KEY = re.compile(r"(^|_)(password|passwd|token|secret|api_key|apikey)$", re.IGNORECASE)
-_URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^/@:\s]*):[^/@\s]*@", re.IGNORECASE)
 
 
 def is_secret_key(key: str) -> bool:
@@ -199,9 +221,18 @@ def redact(obj: Any) -> Any:
     return obj
 
 
-def redact_text(text: str) -> str:
-    """A URL's password written as "***" (`mqtt://user:pw@host` -> `mqtt://user:***@host`)."""
-    return _URL_PASSWORD.sub(lambda m: f"{m.group('head')}:{REDACTED}@", text) if "@" in text else text
+def register_secrets(obj: Any) -> None:
+    """Every secret value in a loaded config is known to `edgead.errors.redact_text` from now on, so no
+    message or log line can carry it, whoever writes it."""
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if isinstance(k, str) and is_secret_key(k) and isinstance(v, str):
+                register_secret(v)
+            else:
+                register_secrets(v)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            register_secrets(v)
 
 
 _SHORTHAND = {"camera": "source", "record": "dir", "http": "listen"}   # `camera: 0`, `record: runs/x`, `http: 8080`
@@ -219,6 +250,7 @@ def _expand(name: str, value: Any) -> dict[str, Any]:
 
 def from_dict(data: dict[str, Any]) -> RunConfig:
     """Typed, validated config from a mapping (YAML file merged with overrides)."""
+    register_secrets(data)
     data = dict(known_keys(data, _TOP_KEYS, RUN))
     for name in _SHORTHAND:
         data[name] = _expand(name, data.get(name))
@@ -249,6 +281,8 @@ def load_run_config(path: str | Path | None = None, overrides: dict[str, Any] | 
     """The YAML file (optional) with command-line overrides on top; nothing is required yet (see require())."""
     data: dict[str, Any] = {}
     if path is not None:
+        check_input(path, kind="file", what="--config",
+                    hint="give the run YAML file (its keys are documented in edgead/runtime/config.py)")
         data = read_yaml(path, "run config", "check the path given to --config") or {}
         known_keys(data, _TOP_KEYS, RUN)
     return from_dict(_merge(data, overrides or {}))

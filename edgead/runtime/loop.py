@@ -42,7 +42,7 @@ from edgead.errors import EdgeADError
 from edgead.preprocess import PreprocessSpec, preprocess
 from edgead.protocols import Detector, Frame, FrameSource, InspectionEvent
 from edgead.runtime.alarms import AlarmBoard
-from edgead.runtime.config import redact_text
+from edgead.errors import redact_text
 from edgead.runtime.telemetry import RunMetrics
 
 if TYPE_CHECKING:  # types only: the loop is handed these, it never builds them

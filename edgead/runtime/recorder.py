@@ -50,10 +50,10 @@ from typing import Any, Callable
 import numpy as np
 
 from edgead.errors import EdgeADError
-from edgead.io import json_line, png_bytes
+from edgead.io import LineLog, check_output, json_line, png_bytes, write_all, write_reason
 from edgead.preprocess import PreprocessSpec, to_display
 from edgead.protocols import InspectionEvent
-from edgead.runtime.config import RecordConfig
+from edgead.runtime.config import RECORD_FLAG, RecordConfig
 from edgead.runtime.overlay import heatmap_overlay
 from edgead.runtime.telemetry import RunMetrics
 
@@ -97,16 +97,6 @@ def _mb(n: float) -> str:
     return f"{n / MB:.1f} MB"
 
 
-def write_all(fd: int, data: bytes) -> None:
-    """Every byte of `data` to `fd`, or OSError (a short write that makes no progress is ENOSPC)."""
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        if n <= 0:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        view = view[n:]
-
-
 def write_file_atomic(path: Path, data: bytes, fsync: bool = False) -> None:
     """`data` into a temporary file beside `path`, renamed into place; on failure no temporary is left."""
     tmp = path.with_name(f".{path.name}.{threading.get_ident()}.tmp")
@@ -134,22 +124,13 @@ def json_bytes(obj: Any) -> bytes:
 
 
 def prepare_record_dir(root: Path) -> None:
-    """The record folder exists (created if missing), is a folder and is writable; else a clear EdgeADError."""
-    where = f"the record folder {root} (--record / record.dir)"
-    hint = "give a writable folder (it is created if missing) with --record DIR or record.dir"
-    if root.exists() and not root.is_dir():
-        raise EdgeADError(f"{where} is a file, not a folder", hint)
-    parent = root
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        raise EdgeADError(f"{where} cannot be created: {parent} is a file", hint)
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise EdgeADError(f"{where} is not writable: {parent} is read-only or belongs to another user", hint)
+    """The record folder is usable (`edgead.io.check_output`, naming --record and record.dir), then made."""
+    check_output(root, kind="dir", what=RECORD_FLAG, overwrite=True, min_free_mb=0)  # room: _check_free_space
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise EdgeADError(f"{where} cannot be created: {_why(e)}", hint) from e
+        raise EdgeADError(f"{RECORD_FLAG} {root} cannot be created: {write_reason(e)}",
+                          f"give {RECORD_FLAG} a writable folder (it is made if it does not exist)") from e
 
 
 class Quota:
@@ -211,67 +192,6 @@ class Quota:
         return deleted
 
 
-class EventLog:
-    """events.jsonl opened for appending: a line is written whole or not at all; fsync'd in batches.
-
-    Not thread-safe: the Recorder holds its file lock around every call.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        self.size = os.fstat(self.fd).st_size   # the end of the last whole line
-        self.torn = False                       # a failed write is not truncated yet: nothing is appended
-        self.unsynced = False
-        self.last_sync = time.monotonic()
-
-    def append(self, data: bytes) -> OSError | None:
-        """Append one whole line; on failure the file is cut back to its last whole line and the error returned."""
-        if self.fd < 0:
-            return OSError(errno.EBADF, "the event log is closed")
-        if self.torn and (err := self._truncate()) is not None:
-            return err
-        try:
-            write_all(self.fd, data)
-        except OSError as e:
-            self.torn = True
-            self._truncate()
-            return e
-        self.size += len(data)
-        self.unsynced = True
-        return None
-
-    def _truncate(self) -> OSError | None:
-        try:
-            os.ftruncate(self.fd, self.size)
-        except OSError as e:
-            return e
-        self.torn = False
-        return None
-
-    def sync(self, force: bool = False) -> OSError | None:
-        """fsync when lines were appended and FSYNC_INTERVAL_S has passed (or force)."""
-        now = time.monotonic()
-        if self.fd < 0 or not self.unsynced or (not force and now - self.last_sync < FSYNC_INTERVAL_S):
-            return None
-        try:
-            os.fsync(self.fd)
-        except OSError as e:
-            return e
-        self.unsynced, self.last_sync = False, now
-        return None
-
-    def close(self) -> OSError | None:
-        err = self.sync(force=True)
-        if self.fd >= 0:
-            try:
-                os.close(self.fd)
-            except OSError as e:
-                err = err or e
-            self.fd = -1
-        return err
-
-
 class Recorder:
     """Event log + images on a writer thread with bounded queues; every public method returns at once.
 
@@ -299,7 +219,7 @@ class Recorder:
         self.quota = Quota(self.root, quota, {self.events_path, self.run_json})
         self._check_free_space()
         try:
-            self._events = EventLog(self.events_path)
+            self._events = LineLog(self.events_path, FSYNC_INTERVAL_S)
         except OSError as e:
             raise EdgeADError(f"cannot create {self.events_path}: {_why(e)}",
                               "check the record folder (--record / record.dir)") from e

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from edgead import __version__
-from edgead.errors import EdgeADError
+from edgead.errors import EdgeADError, redact_text
 from edgead.backends.manifest import engine_preprocessing
 from edgead.preprocess import PreprocessSpec
 from edgead.protocols import Detector, FrameSource, RejectSink
@@ -46,7 +46,7 @@ Log = Callable[[str], None]
 
 
 def _stderr(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
+    print(redact_text(line), file=sys.stderr, flush=True)
 
 
 def check_roi(engine_spec: PreprocessSpec, roi: tuple[int, int, int, int] | None) -> tuple[PreprocessSpec, str | None]:
@@ -119,8 +119,9 @@ def _open_outputs(cfg: RunConfig, log: Log) -> SinkGroup | None:
         for s in sinks:
             s.close()
         raise
-    return SinkGroup(sinks, on_sink_failure=cfg.on_sink_failure,
-                     on_alarm=lambda name, detail: log(f"ALARM: output {name}: {detail}"))
+    # no alarm callback yet: check_health said which output is down, and the loop raises their alarms
+    # once it takes the group over (SinkGroup.set_callbacks), so each is said once
+    return SinkGroup(sinks, on_sink_failure=cfg.on_sink_failure)
 
 
 def format_summary(s: dict[str, Any]) -> str:
@@ -148,8 +149,12 @@ def _fault_lines(s: dict[str, Any]) -> list[str]:
     """What the run could not finish: events not delivered, records not written, frames not read."""
     lines = []
     for name, u in (s.get("undelivered") or {}).items():
-        lines.append(f"  NOT DELIVERED: {u['count']} events of output {name}, kept in {u['where']}: sent at the "
-                     "next start (or `edgead outbox flush`)")
+        if u.get("where"):
+            lines.append(f"  NOT DELIVERED: {u['count']} events of output {name}, kept in {u['where']}: sent at the "
+                         "next start (or `edgead outbox flush`)")
+        else:                           # an output with nowhere to keep them: counted, with the reason
+            lines.append(f"  NOT DELIVERED: {u['count']} {u.get('what', 'events')} by output {name} "
+                         f"({u.get('why') or 'see its alarm'}); the record's events.jsonl has every part")
     record = s.get("record") or {}
     if record.get("complete") is False:
         ev = record.get("events", {})
@@ -265,6 +270,8 @@ def _finish(loop: Loop, recorder: Recorder | None, run_info: dict[str, Any], war
     summary = loop.summary()
     summary["record_dir"] = str(recorder.dir) if recorder else None
     summary["warnings"] = warnings
+    if loop.sinks is not None:     # drained and closed first: the counts are final, nothing prints after them
+        loop.sinks.close()
     summary["undelivered"] = loop.sinks.undelivered() if loop.sinks is not None else {}
     summary["source"] = loop.source.accounting()
     if recorder is not None:
@@ -298,7 +305,7 @@ def run(cfg: RunConfig, *, force: bool = False, detector: Detector | None = None
     """
     from edgead.decide.record import decide
 
-    cfg.require()
+    cfg.check_paths()   # the required keys, then every path: before the engine, the outputs or the camera open
     closers: list[Callable[[], None]] = []
     metrics = RunMetrics()
     warnings: list[str] = []
@@ -336,6 +343,8 @@ def run(cfg: RunConfig, *, force: bool = False, detector: Detector | None = None
         loop.warnings.extend(warnings)
         if group is not None:   # from now on an output's failure and recovery are the loop's alarms
             group.set_callbacks(loop.output_failed, loop.output_recovered)
+        if cfg.alarm_ack is not None:
+            closers.append(_ack_input(cfg, loop).close)
         if http is not None:
             http.start()
             log(f"live view on http://{http.address[0]}:{http.address[1]}/ (/health, /metrics)")
@@ -356,6 +365,21 @@ def run(cfg: RunConfig, *, force: bool = False, detector: Detector | None = None
                 close()
             except Exception as e:  # closing one thing must not keep the others open
                 log(f"WARNING: closing failed: {e!r}")
+
+
+def _ack_input(cfg: RunConfig, loop: Loop) -> Any:
+    """The PLC's acknowledge button: each press acknowledges every active alarm; the input failing is one."""
+    from edgead.signals.ack_input import AckInput
+
+    assert cfg.alarm_ack is not None
+    where = cfg.alarm_ack.where
+
+    def pressed() -> None:
+        loop.log(f"acknowledge pressed on the PLC ({where})")
+        loop.ack_alarms(None)
+
+    return AckInput(cfg.alarm_ack, on_ack=pressed, on_problem=lambda why: loop.alarm(why, key="ack_input"),
+                    on_back=lambda: loop.clear_alarm("ack_input")).start()
 
 
 def _health(loop: Loop, sinks: SinkGroup | None) -> dict[str, Any]:

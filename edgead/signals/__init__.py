@@ -8,8 +8,8 @@ run is allowed to be degraded; `SinkGroup` fans every event out to all of them a
 output into an alarm (and, with `on_sink_failure: stop`, into a stop request). The outputs whose
 events go to a peer (mqtt, webhook) keep them in a durable outbox on disk until the peer
 acknowledged them (`outbox`, `outbox_sink`; `SinkGroup.undelivered()` says what was left and
-where; `outbox_admin` is `edgead outbox status|flush|drop`). This file only names that API; the
-code lives in the submodules.
+where; `outbox_admin` is `edgead outbox status|flush|drop`). `ack_input` reads the operator's
+alarm acknowledge button from the PLC. This file only names that API; the code lives in the submodules.
 """
 
 from __future__ import annotations

@@ -20,8 +20,9 @@ import string
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-from edgead.errors import EdgeADError
+from edgead.errors import EdgeADError, register_secret
 from edgead.schema import Place, build, mapping, need, one_of, read_yaml
 from edgead.protocols import InspectionEvent
 
@@ -281,6 +282,9 @@ def _validate(where: str, cfg: SinkConfig, raw: dict[str, Any]) -> None:
               "e.g. backoff_ms: 200, backoff_max_ms: 10000")
         _need(where, not (cfg.token and cfg.token_env), "give 'token' or 'token_env', not both",
               "token_env names an environment variable that holds the token")
+        _need(where, not ((cfg.token or cfg.token_env) and urlsplit(cfg.url).username is not None),
+              "give a token or a user:password in the url, not both",
+              "a token is sent as 'Authorization: Bearer', a user:password in the url as basic authentication")
     elif isinstance(cfg, SerialConfig):
         _need(where, bool(cfg.port), "missing key 'port'", "the serial device, e.g. /dev/ttyUSB0")
         _need(where, cfg.baudrate > 0, f"'baudrate' has a bad value {cfg.baudrate!r}", "e.g. 9600 or 115200")
@@ -338,9 +342,11 @@ def resolve_secret(kind: str, name: str, key: str, value: str, env_var: str) -> 
     An empty variable is an error at start, never a silent anonymous connection.
     """
     if not env_var:
+        register_secret(value)
         return value
     secret = os.environ.get(env_var, "")
     if not secret:
         raise EdgeADError(f"{kind} output '{name}': environment variable {env_var} is not set",
                           f"export it before starting, or set {key}: in the config")
+    register_secret(secret)
     return secret

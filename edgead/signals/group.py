@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections import Counter
+from collections import Counter, deque
 from typing import Any, Callable, Sequence
 
 from edgead.errors import EdgeADError
@@ -14,6 +14,7 @@ from edgead.protocols import InspectionEvent, RejectSink, SinkHealth
 from edgead.signals.config import FAILURE_POLICIES
 
 _logger = logging.getLogger("edgead.signals")
+MAX_ALARMS_KEPT = 1000     # a month of outages must not grow memory: the counts are kept whole in `failures`
 
 # (sink name, detail) of each failure, for the run's own alarm handling.
 AlarmCallback = Callable[[str, str], None]
@@ -57,10 +58,11 @@ class SinkGroup:
         self.recoveries: Counter[str] = Counter()
         self._active: dict[str, set[str]] = {}     # what drives the alarm outputs: source -> kinds
         self._detail: dict[str, str] = {}          # the latest failure detail per output
-        self.alarms: list[tuple[str, str]] = []
+        self.alarms: deque[tuple[str, str]] = deque(maxlen=MAX_ALARMS_KEPT)   # the latest, for tests and logs
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._closing = False
+        self._closed = False
         for sink in self.sinks:
             attach = getattr(sink, "attach", None)
             if attach is not None:
@@ -157,7 +159,10 @@ class SinkGroup:
             return {k: sorted(v) for k, v in self._active.items()}
 
     def close(self) -> None:
-        """Ready off, then close each sink (pulses due soon still fire; parts left are reported)."""
+        """Ready off, then close each sink (pulses due soon still fire; parts left are reported). Once."""
+        if self._closed:
+            return
+        self._closed = True
         self.set_ready(False)
         self._closing = True                # from here alarms are recorded, not sent to closing sinks
         for sink in self.sinks:

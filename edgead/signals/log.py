@@ -9,13 +9,15 @@ from __future__ import annotations
 import datetime as _dt
 import json
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
-from edgead.io import json_line
+from edgead.io import LineLog, json_line
 from edgead.protocols import InspectionEvent
 from edgead.signals.base import SinkBase
 from edgead.signals.config import LogConfig
 from edgead.signals.worker import Worker
+
+FSYNC_INTERVAL_S = 1.0     # the log reaches the disk at least this often
 
 
 def event_json(event: InspectionEvent, **extra: Any) -> str:
@@ -36,42 +38,47 @@ class LogSink(SinkBase):
         super().__init__(cfg.name, cfg.path)
         self.cfg = cfg
         self._drop_reported = False
-        self._file: TextIO | None = None
+        self._file: LineLog | None = None
         try:
             path = Path(cfg.path)
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = open(path, "a", encoding="utf-8")
+            self._file = LineLog(path, FSYNC_INTERVAL_S)
             self._ok()
         except OSError as err:
             self._fail(f"cannot open {cfg.path} for appending: {err}")
-        self.worker: Worker[str] = Worker(self._write, maxlen=queue, name=f"{cfg.name}-writer",
+        self.worker: Worker[tuple[bool, str]] = Worker(self._write, maxlen=queue, name=f"{cfg.name}-writer",
                                           on_error=self._on_error, on_drop=self._on_drop)
 
     def reject(self, event: InspectionEvent) -> None:
         if self.wants(event, self.cfg.per_part):
-            self.worker.put(event_json(event))
+            self.worker.put((True, event_json(event)))
 
     def alarm(self, sink_name: str, detail: str) -> None:
-        self.worker.put(json.dumps({"alarm": detail, "sink": sink_name, "wall_time": utc_now()}))
+        self.worker.put((False, json.dumps({"alarm": detail, "sink": sink_name, "wall_time": utc_now()})))
 
     def clear_alarm(self) -> None:
-        self.worker.put(json.dumps({"alarm_cleared": True, "wall_time": utc_now()}))
+        self.worker.put((False, json.dumps({"alarm_cleared": True, "wall_time": utc_now()})))
 
-    def _write(self, line: str) -> None:
+    def _write(self, item: tuple[bool, str]) -> None:
+        line = item[1]
         if self._file is None:
             raise OSError(f"{self.cfg.path} is not open")
-        self._file.write(line + "\n")
-        self._file.flush()
+        err = self._file.append((line + "\n").encode()) or self._file.sync()
+        if err is not None:
+            raise err
         self.stats["written"] += 1
+        self.stats["events_written"] += item[0]
         self._drop_reported = False
         self._ok()
 
-    def _on_error(self, line: str, err: BaseException) -> None:
+    def _on_error(self, item: tuple[bool, str], err: BaseException) -> None:
         self.stats["failed"] += 1
+        self.stats["events_lost"] += item[0]
         self._fail(f"cannot write {self.cfg.path}: {err}")
 
-    def _on_drop(self, line: str) -> None:
+    def _on_drop(self, item: tuple[bool, str]) -> None:
         self.stats["dropped"] += 1
+        self.stats["events_lost"] += item[0]
         if not self._drop_reported:          # one alarm until the next successful write
             self._drop_reported = True
             self._notify("dropped", f"log queue full: events are not being written to {self.cfg.path}")
@@ -79,13 +86,24 @@ class LogSink(SinkBase):
     def fire_test(self) -> str:
         """Write one test line and wait for it; raises when it could not be written."""
         before = self.stats["written"]
-        self.worker.put(json.dumps({"test": "edgead signals test", "wall_time": utc_now()}))
+        self.worker.put((False, json.dumps({"test": "edgead signals test", "wall_time": utc_now()})))
         if not self.worker.wait_idle(2.0) or self.stats["written"] == before:
             raise OSError(self.health().detail or f"could not write {self.cfg.path} within 2 s")
         return f"wrote a test line to {self.cfg.path}"
 
     def close(self) -> None:
-        self.worker.close(drain_s=2.0)
+        """Write what is queued (up to 2 s), then close; a failure is reported, never raised."""
+        for item in self.worker.close(drain_s=2.0):      # still queued: never written
+            self._on_drop(item)
         if self._file is not None:
-            self._file.close()
+            err = self._file.close()
             self._file = None
+            if err is not None:
+                self._fail(f"cannot write {self.cfg.path}: {err}")
+        self.stats["unsent"] = self.stats["events_lost"]
+
+    def undelivered(self) -> dict[str, object] | None:
+        """Events this log did not write (disk full, queue full, still queued at close): counted; they are
+        in the record's events.jsonl when the run records, and nowhere else."""
+        n = self.stats["events_lost"]
+        return {"count": n, "where": None, "what": "events not written", "why": self.health().detail} if n else None

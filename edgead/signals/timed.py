@@ -73,9 +73,22 @@ class TimedSink(SinkBase):
         self._notify("missed", f"part {event.seq} not kicked: its reject window had passed ({late_txt})")
 
     def _start_guarded(self, events: list[InspectionEvent]) -> None:
-        self._start(events)
+        try:
+            self._start(events)
+        except Exception:            # the output did not take the pulse: these parts were not kicked
+            self.stats["not_fired"] += len(events)
+            raise
         self.stats["pulses"] += 1
         self._ok()
+
+    def undelivered(self) -> dict[str, object] | None:
+        """Rejects this output did not kick (it failed, or their window had passed): counted, alarmed;
+        the parts themselves are in the record as rejects, for someone to take off by hand."""
+        n = self.stats["not_fired"] + self.stats["missed"]
+        if not n:
+            return None
+        return {"count": n, "where": None, "what": "rejects not kicked", "why": self.health().detail or
+                "their reject window had passed", "not_fired": self.stats["not_fired"], "late": self.stats["missed"]}
 
     def _extend_guarded(self, event: InspectionEvent) -> None:
         self.stats["merged"] += 1

@@ -11,6 +11,7 @@ outbox for the next start, and the next one is posted. Standard library only (ur
 
 from __future__ import annotations
 
+import base64
 import socket
 import time
 import urllib.error
@@ -37,13 +38,17 @@ class WebhookSink(OutboxSink):
     def __init__(self, cfg: WebhookConfig, probe: bool = True, outbox_dir: str | Path | None = None) -> None:
         url = urllib.parse.urlsplit(cfg.url)
         token = resolve_secret("webhook", cfg.name, "token", cfg.token, cfg.token_env)
-        super().__init__(cfg, cfg.url, outbox_dir, readahead=cfg.queue)
+        self.url = _without_userinfo(url)       # posted to, and named in every message: never a password
+        super().__init__(cfg, self.url, outbox_dir, readahead=cfg.queue)
         self.host = url.hostname or ""
         self.port = url.port or (443 if url.scheme == "https" else 80)
         self.cfg = cfg
         self._headers = {"Content-Type": "application/json", "User-Agent": "edgead"}
         if token:
             self._headers["Authorization"] = f"Bearer {token}"
+        elif url.username is not None:          # http://user:password@host/...: HTTP basic authentication
+            pair = f"{urllib.parse.unquote(url.username)}:{urllib.parse.unquote(url.password or '')}"
+            self._headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode()
         self._unreachable = False
         self._retries_alarmed = False
         self._next_probe = 0.0
@@ -76,7 +81,7 @@ class WebhookSink(OutboxSink):
 
     def post(self, body: bytes) -> int:
         """One POST; returns the HTTP status (2xx), raises HTTPError / URLError / OSError."""
-        req = urllib.request.Request(self.cfg.url, data=body, headers=self._headers, method="POST")
+        req = urllib.request.Request(self.url, data=body, headers=self._headers, method="POST")
         with urllib.request.urlopen(req, timeout=self.cfg.timeout_ms / 1000) as resp:
             resp.read()
             return int(resp.status)
@@ -105,7 +110,7 @@ class WebhookSink(OutboxSink):
             except _Refused as err:
                 self.stats["rejected"] += 1
                 self._unreachable = False
-                self._fail(f"POST {self.cfg.url} refused event {rec.event_id}: {err}; it stays in the outbox "
+                self._fail(f"POST {self.url} refused event {rec.event_id}: {err}; it stays in the outbox "
                            f"for the next start", every_time=True)
                 self._skip(rec)
                 return
@@ -119,7 +124,7 @@ class WebhookSink(OutboxSink):
             if attempts == self.cfg.retries + 1 and not self._retries_alarmed:   # once per outage
                 self._retries_alarmed = True
                 self.stats["failed"] += 1
-                self._fail(f"POST {self.cfg.url} failed: {why} after {attempts} attempts; events wait in the "
+                self._fail(f"POST {self.url} failed: {why} after {attempts} attempts; events wait in the "
                            f"outbox and are retried", every_time=True)
             self.stats["retries"] += 1
             if self._stop_sending.wait(delay):
@@ -139,12 +144,22 @@ class WebhookSink(OutboxSink):
         try:
             status = self.post(event_json(event).encode())
         except urllib.error.HTTPError as err:
-            raise OSError(f"{self.cfg.url} answered HTTP {err.code} {err.reason}") from None
+            raise OSError(f"{self.url} answered HTTP {err.code} {err.reason}") from None
         except urllib.error.URLError as err:
-            raise OSError(f"cannot reach {self.cfg.url}: {err.reason}") from None
-        return f"POST {self.cfg.url} -> HTTP {status}"
+            raise OSError(f"cannot reach {self.url}: {err.reason}") from None
+        return f"POST {self.url} -> HTTP {status}"
 
     def close(self, drain_s: float = 2.0) -> None:
         """Post for up to drain_s; what is left stays in the outbox (counted by undelivered())."""
         self.stop_sender(0.0 if self._unreachable else drain_s)
         self.close_outbox()
+
+
+def _without_userinfo(url: urllib.parse.SplitResult) -> str:
+    """The URL with `user:password@` taken out (urllib cannot post to it; the credentials go in a header)."""
+    if url.username is None and url.password is None:
+        return url.geturl()
+    netloc = url.hostname or ""
+    if ":" in netloc:                 # an IPv6 literal
+        netloc = f"[{netloc}]"
+    return url._replace(netloc=netloc + (f":{url.port}" if url.port else "")).geturl()

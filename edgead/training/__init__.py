@@ -8,7 +8,6 @@
 - figures.py: ROC curves, score histograms and heat-map grids (PNG; the overlay itself is
   edgead.runtime.overlay, shared with the line);
 - device.py: picking the torch device;
-- paths.py: the output folders of train and eval, checked before any work starts.
 
 This stage may import torch (train, batches, statistics, evaluate, device); metrics.py and
 figures.py happen not to, so `edgead eval` figures can be drawn without it.

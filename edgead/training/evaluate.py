@@ -17,9 +17,8 @@ from edgead.data.images import load_image, read_image
 from edgead.data.mvtec import Sample, test_samples
 from edgead.training.device import pick_device
 from edgead.errors import EdgeADError
-from edgead.io import atomic_write_json
+from edgead.io import atomic_write_json, check_input, check_output, write_failed
 from edgead.training.metrics import evaluate_predictions
-from edgead.training.paths import check_out_dir, write_failed
 from edgead.schema import is_int
 from edgead.model.artifact import load_model
 from edgead.model.kd import DualKD
@@ -86,8 +85,11 @@ def evaluate(model_dir: str | Path, data: str | Path, out: str | Path | None = N
     the figures there, so a report can be read and compared without the model or a torch install."""
     if not is_int(batch_size) or batch_size < 1:
         raise EdgeADError(f"--batch-size must be a whole number >= 1, got {batch_size!r}", "8 is the default")
+    check_input(model_dir, kind="dir", what="--model", hint="give the model folder written by `edgead train --out`")
+    check_input(data, kind="dir", what="--data", hint="give an MVTec-layout category root (with test/ and "
+                                                      "ground_truth/)")
     if out is not None:
-        check_out_dir(Path(out), "--out", "report")
+        check_output(out, kind="dir", what="--out", overwrite=True)    # a report already there is replaced
     dev = pick_device(device)
     model, metadata = load_model(model_dir, dev)
     samples = test_samples(Path(data))

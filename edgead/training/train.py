@@ -25,15 +25,15 @@ from edgead.data.images import load_batch
 from edgead.data.mvtec import good_images
 from edgead.training.device import pick_device
 from edgead.errors import EdgeADError
-from edgead.io import atomic_write_bytes, sha256_file
+from edgead.io import atomic_write_bytes, check_input, check_output, sha256_file, write_failed
 from edgead.model.artifact import CONFIG_FILE, METADATA_FILE, save_model
 from edgead.model.kd import DualKD, Features, describe, kd_loss
 from edgead.training.batches import batches, cache_teacher, take
-from edgead.training.paths import check_out_dir, write_failed
 from edgead.training.statistics import fit_statistics
 from edgead.model.weights import read_torch_file, resolve_weights
 
 CHECKPOINT = Path("checkpoint") / "last.pt"
+DATA_HINT = "give a folder of good images, or an MVTec category root (with train/good/)"
 CHECKPOINT_KEYS = {"model", "best", "optimizer", "scheduler", "epoch", "best_epoch", "best_val", "history", "config",
                    "data_fingerprint", "torch_rng"}
 
@@ -237,8 +237,8 @@ def _epochs(out: Path, cfg: ModelConfig, model: DualKD, im: _Images, dev: torch.
 def train(data: str | Path, out: str | Path, cfg: ModelConfig, *, skip_bad: bool = False, resume: bool = False,
           overwrite: bool = False, device: str | None = None, progress: bool = True,
           log: Callable[[str], None] = print) -> TrainResult:
-    out = Path(out)
-    check_out_dir(out, "--out", "model")
+    check_input(data, kind="dir", what="--data", hint=DATA_HINT)
+    out = check_output(out, kind="dir", what="--out", overwrite=True, min_free_mb=0)   # a model already there: below
     if (out / METADATA_FILE).exists() and not (resume or overwrite):
         raise EdgeADError(f"{out} already holds a trained model",
                           "choose another --out, or pass --overwrite to replace it (--resume to continue it)")
@@ -246,7 +246,7 @@ def train(data: str | Path, out: str | Path, cfg: ModelConfig, *, skip_bad: bool
     torch.manual_seed(cfg.train.seed)
     start = time.perf_counter()
     model = DualKD(cfg).to(dev)
-    check_out_dir(out, "--out", "model", need_bytes=_bytes_to_write(model))
+    check_output(out, kind="dir", what="--out", overwrite=True, min_free_mb=_bytes_to_write(model) / 2**20)
     im = _load_images(data, cfg, model, dev, skip_bad, log)
     steps_per_epoch = len(batches(len(im.train), cfg.train.batch_size, None))
     optimizer = torch.optim.Adam(model.trainable_parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)

@@ -114,7 +114,11 @@ def test_tampered_engine_is_refused(engine, tmp_path):
 
 def test_engine_folder_errors(tmp_path, engine, capsys):
     assert main(["bench", "--engine", str(tmp_path / "none")]) == 2
-    assert "engine folder not found" in capsys.readouterr().err
+    assert f"error: --engine {tmp_path / 'none'} does not exist" in capsys.readouterr().err
+    with pytest.raises(EdgeADError) as e:
+        load_detector(tmp_path / "none")
+    assert e.value.message == f"engine folder {tmp_path / 'none'} does not exist"
+    assert "edgead build-engine --model" in e.value.hint
     (tmp_path / "empty").mkdir()
     with pytest.raises(EdgeADError, match="not an edgead engine folder"):
         load_detector(tmp_path / "empty")

@@ -88,7 +88,9 @@ def _edit(folder: Path, edit: Edit) -> None:
 def test_an_edited_manifest_stops_run_with_the_rebuild_message(engine_copy, tmp_path, capsys, name):
     edit, named = EDITS[name]
     _edit(engine_copy, edit)
-    code = main(["run", "--engine", str(engine_copy), "--calibration", str(tmp_path / "none.yaml"),
+    never_read = tmp_path / "cal.yaml"      # the paths pass their checks; the engine is opened before the record
+    never_read.write_text("not read: the engine is refused first\n")
+    code = main(["run", "--engine", str(engine_copy), "--calibration", str(never_read),
                  "--camera", str(tmp_path), "--max-frames", "1"])
     err = capsys.readouterr().err
     assert code == 2

@@ -23,10 +23,10 @@ from capture_fixtures import (FakeGigECamera, fake_gige_server, gige_camera, vik
 from edgead.capture import FrameIds, ReconnectingSource, Backoff, make_frame, open_source
 from edgead.capture.config import CameraConfig
 from edgead.capture.genicam import parse_genicam_spec
-from edgead.capture.opencv import OpenCVCamera, gstreamer_camera, has_gstreamer, redact
+from edgead.capture.opencv import OpenCVCamera, gstreamer_camera, has_gstreamer
 from edgead.capture.pixels import PIXEL_FORMATS, to_image
 from edgead.capture.replay import ReplaySource
-from edgead.errors import EdgeADError
+from edgead.errors import EdgeADError, redact_text
 
 # --- camera config ---------------------------------------------------------------------------------
 
@@ -438,7 +438,7 @@ def test_http_stream_on_loopback_then_its_end_is_a_lost_camera(tmp_path):
 
 
 def test_stream_that_does_not_open_hides_the_password():
-    assert redact("rtsp://op:s3cret@127.0.0.1:9/x") == "rtsp://op:***@127.0.0.1:9/x"
+    assert redact_text("rtsp://op:s3cret@127.0.0.1:9/x") == "rtsp://op:***@127.0.0.1:9/x"
     with pytest.raises(EdgeADError) as e:
         open_source("rtsp://op:s3cret@127.0.0.1:9/stream", {"timeout_ms": 500})
     assert "could not be opened" in e.value.message and "s3cret" not in str(e.value)

@@ -105,10 +105,10 @@ def test_list_images_sorted_case_insensitive_flat(tmp_path):
 
 
 def test_list_images_bad_folder(tmp_path):
-    with pytest.raises(EdgeADError, match="folder not found"):
+    with pytest.raises(EdgeADError, match="the image folder .*missing does not exist"):
         list_images(tmp_path / "missing")
     f = _write(tmp_path / "x.png", _rgb())
-    with pytest.raises(EdgeADError, match="not a folder"):
+    with pytest.raises(EdgeADError, match="x.png is a file, but a folder is needed"):
         list_images(f)
 
 

@@ -121,8 +121,10 @@ def test_threshold_must_be_a_number(tmp_path):
     path.write_text(yaml.safe_dump(rec))
     with pytest.raises(EdgeADError, match="'threshold' must be a finite number"):
         read_calibration(path)
-    with pytest.raises(EdgeADError, match="calibration record not found"):
+    with pytest.raises(EdgeADError) as e:
         read_calibration(tmp_path / "none.yaml")
+    assert e.value.message == f"calibration record {tmp_path / 'none.yaml'} does not exist"
+    assert e.value.hint == "calibrate first: edgead calibrate --engine engines/NAME --good DIR"
 
 
 # ---------------------------------------------------------------- end to end through ONNX Runtime
@@ -279,8 +281,8 @@ def test_too_few_good_images(engine, tiny_product, capsys):
 def test_cli_errors(engine, held_out, tiny_product, calibrated, tmp_path, capsys):
     e, g = str(engine), str(held_out)
     assert "target false-reject rate" in _err(capsys, ["--engine", e, "--good", g, "--target-frr", "0.7"])
-    assert "engine folder not found" in _err(capsys, ["--engine", str(tmp_path / "x"), "--good", g,
-                                                      "--target-frr", "0.1"])
+    assert f"--engine {tmp_path / 'x'} does not exist" in _err(capsys, ["--engine", str(tmp_path / "x"), "--good", g,
+                                                                         "--target-frr", "0.1"])
     assert "needs --engine" in _err(capsys, ["--good", g])
     assert "--mm-per-px only makes sense" in _err(capsys, ["--engine", e, "--good", g, "--mm-per-px", "0.1"])
     assert "--min-defect-area must be a positive" in _err(capsys, ["--engine", e, "--good", g,
@@ -294,13 +296,14 @@ def test_cli_errors(engine, held_out, tiny_product, calibrated, tmp_path, capsys
                                                         "--defects", str(tmp_path / "empty")])
     c = str(calibrated)
     assert "--defects cannot be used with --check" in _err(capsys, ["--check", c, "--good", g, "--defects", g])
-    assert "calibration record not found" in _err(capsys, ["--check", str(tmp_path / "no.yaml"), "--good", g])
+    assert f"--check {tmp_path / 'no.yaml'} does not exist" in _err(capsys, ["--check", str(tmp_path / "no.yaml"),
+                                                                          "--good", g])
     bad = tmp_path / "bad.yaml"
     bad.write_text(calibrated.read_text() + "extra: 1\n")
     assert "unknown key 'extra'" in _err(capsys, ["--check", str(bad), "--good", g])
     bad.write_text(calibrated.read_text().replace(str(engine.resolve()), str(tmp_path / "moved")))
     err = _err(capsys, ["--check", str(bad), "--good", g])
-    assert "engine folder" in err and "is not found" in err and "--engine" in err
+    assert f"the record's engine folder {tmp_path / 'moved'} does not exist" in err and "--engine" in err
     assert main(["calibrate", "--check", str(bad), "--good", g, "--engine", e]) == 0
     capsys.readouterr()
     few = tmp_path / "few"
@@ -349,8 +352,8 @@ def test_out_under_a_file_or_on_a_folder_is_one_message_and_no_file(engine, held
     (tmp_path / "afile").write_text("x")
     (tmp_path / "adir.yaml").mkdir()
     _no_engine_load(monkeypatch)
-    for out, message in ((tmp_path / "afile" / "x.yaml", "is a file, not a folder"),
-                         (tmp_path / "adir.yaml", "is a folder")):
+    for out, message in ((tmp_path / "afile" / "x.yaml", f"{tmp_path / 'afile'} is a file, so nothing can be written"),
+                         (tmp_path / "adir.yaml", "is a folder, but a file path is needed")):
         err = _err(capsys, ["--engine", str(engine), "--good", str(held_out), "--target-frr", "0.1",
                             "--out", str(out), "--defects", str(held_out)])
         assert message in err and "--out" in err and "hint:" in err and "Traceback" not in err

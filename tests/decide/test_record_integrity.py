@@ -210,16 +210,17 @@ def test_a_full_disk_leaves_no_file_behind(tmp_path, monkeypatch, victim):
     monkeypatch.setattr(pathlib.Path, "write_bytes", full)
     with pytest.raises(EdgeADError) as e:
         write_record(rec, tmp_path / "out" / "cal.yaml", g.scores, d.scores)
-    assert "cannot write the calibration record" in e.value.message and "No space left" in e.value.message
+    assert e.value.message == f"cannot write {tmp_path / 'out' / 'cal.yaml'}: the disk is full"
+    assert e.value.hint == "free disk space or choose another --out; no part of the record was written: calibrate again"
     assert _files(tmp_path / "out") == []
 
 
 def test_out_paths_are_checked_before_anything_is_written(tmp_path):
     (tmp_path / "afile").write_text("x")
     (tmp_path / "adir.yaml").mkdir()
-    cases = [(tmp_path / "afile" / "x.yaml", "is a file, not a folder"),
-             (tmp_path / "afile" / "sub" / "x.yaml", "is a file, not a folder"),
-             (tmp_path / "adir.yaml", "is a folder"),
+    cases = [(tmp_path / "afile" / "x.yaml", f"{tmp_path / 'afile'} is a file, so nothing can be written under it"),
+             (tmp_path / "afile" / "sub" / "x.yaml", f"{tmp_path / 'afile'} is a file, so nothing can be written under it"),
+             (tmp_path / "adir.yaml", "is a folder, but a file path is needed"),
              (tmp_path / "c.txt", "must be a .yaml file")]
     for out, message in cases:
         with pytest.raises(EdgeADError, match="--out") as e:
@@ -227,8 +228,9 @@ def test_out_paths_are_checked_before_anything_is_written(tmp_path):
         assert message in e.value.message and e.value.hint
     g, d, _ = _scores()
     rec = build_record(g, d, 0.05, "auto", dict(ENGINE), ("/good", "/bad"), refits=20)
-    with pytest.raises(EdgeADError, match="is a folder"):
+    with pytest.raises(EdgeADError, match="is a folder, but a file path is needed") as e:
         write_record(rec, tmp_path / "adir.yaml", g.scores, d.scores)
+    assert e.value.hint == f"name a file inside it, e.g. --out {tmp_path / 'adir.yaml' / 'NAME.yaml'}"
     assert _files(tmp_path) == ["adir.yaml", "afile"]
 
 
@@ -237,11 +239,14 @@ def test_an_existing_record_or_figure_is_replaced_only_with_overwrite(tmp_path):
     before = path.read_bytes()
     with pytest.raises(EdgeADError) as e:
         check_out(path)
-    assert "already exists" in e.value.message and "--overwrite" in e.value.hint
+    assert e.value.message == f"--out {path} already exists"
+    assert e.value.hint == "choose another --out, or pass --overwrite to replace it (and cal.png, cal.csv beside it)"
     assert check_out(path, overwrite=True) == path and path.read_bytes() == before
     path.unlink()  # a figure left from an earlier record is not replaced silently either
-    with pytest.raises(EdgeADError, match="has a figure or table beside it already"):
+    with pytest.raises(EdgeADError) as e:
         check_out(path)
+    assert e.value.message == f"--out {path}: {path.with_suffix('.png')} already exists beside it (from an earlier run)"
+    assert "--overwrite" in e.value.hint
     g, _, _ = _scores()   # replacing a record with defects by one without: its old table goes too
     rec = build_record(g, None, 0.05, "auto", dict(ENGINE), ("/good", None), refits=20)
     write_record(rec, path, g.scores, overwrite=True)

@@ -32,7 +32,7 @@ def test_demo_on_a_folder_that_is_not_mvtec(tmp_path, capsys):
 
 def test_signals_test_cli(tmp_path, capsys):
     assert main(["signals", "test", "--config", str(tmp_path / "none.yaml")]) == 2
-    assert "run config not found" in capsys.readouterr().err
+    assert f"error: --config {tmp_path / 'none.yaml'} does not exist" in capsys.readouterr().err
     cfg = tmp_path / "run.yaml"
     log = tmp_path / "events.jsonl"
     cfg.write_text(f"outputs:\n  - type: log\n    path: {log}\n")

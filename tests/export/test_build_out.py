@@ -80,7 +80,7 @@ def test_a_failed_overwrite_leaves_the_earlier_folder(tiny_model, tmp_path, monk
     monkeypatch.setattr(onnx_export, "export_onnx_fp16", disk_full)
     with pytest.raises(EdgeADError) as e:
         build_engine(tiny_model, out, overwrite=True, log=lambda s: None)
-    assert e.value.message == f"--out {out}: writing the engines failed: No space left on device"
+    assert e.value.message == f"--out {out}: writing the engines failed: the disk is full"
     assert "free some space" in e.value.hint
     assert len(written) >= 2 and not any(p.exists() for p in written)
     assert _contents(out) == before and _leftovers(out.parent) == []
@@ -100,8 +100,10 @@ def test_a_bad_out_is_refused_before_the_export(tiny_model, tmp_path, monkeypatc
         (tmp_path / "ro").mkdir()
         mount_read_only(tmp_path / "ro", monkeypatch)
     err = _cli_error(capsys, ["build-engine", "--model", str(tiny_model), "--out", str(out)])
-    assert f"--out {out}" in err
-    assert {"a file": "is a file", "under a file": "is a file", "read-only": "read-only"}[case] in err
+    assert {"a file": f"error: --out {out} is a file, but an output folder is needed",
+            "under a file": f"error: --out {out}: {tmp_path / 'afile'} is a file, so nothing can be written under it",
+            "read-only": f"error: --out {out} cannot be written: it is on a read-only file system ({tmp_path / 'ro'})",
+            }[case] in err
     assert sorted(p.name for p in tmp_path.iterdir()) == (["afile", "ro"] if case == "read-only" else ["afile"])
     assert (tmp_path / "afile").read_text() == "not a folder"
 

@@ -23,7 +23,7 @@ from capture_fixtures import (FakeGigECamera, fake_gige_server, gige_camera, vik
 from edgead.capture import FrameIds, ReconnectingSource, Backoff, make_frame, open_source
 from edgead.capture.config import CameraConfig
 from edgead.capture.genicam import parse_genicam_spec
-from edgead.capture.opencv import OpenCVCamera, gstreamer_camera, has_gstreamer, redact
+from edgead.capture.opencv import OpenCVCamera, gstreamer_camera, has_gstreamer
 from edgead.capture.pixels import PIXEL_FORMATS, to_image
 from edgead.capture.replay import ReplaySource
 from edgead.errors import EdgeADError

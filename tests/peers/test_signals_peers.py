@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import pytest
 from signals_fixtures import (LOOPBACK, FakeClock, FakeLines, StuckFifo, Subscriber, event, fill_pty,  # noqa: F401
-                              free_port, http_peer, modbus_server, mosquitto, mosquitto_tls, pty_peer,
+                              free_port, http_peer, modbus_server, mosquitto, mosquitto_tls, outbox_ids, pty_peer,
                               state_dir, tcp_black_hole, wait_for)
 
 from edgead.errors import EdgeADError
@@ -315,15 +315,6 @@ def test_mqtt_tls_with_username_and_password(mosquitto_tls, monkeypatch):
 # ---------------------------------------------------------------- durable outbox, alarm lifecycle
 
 
-def outbox_ids(folder: Path) -> list[str]:
-    """The ids of the events waiting in an outbox folder, in their order (read from the files)."""
-    from edgead.signals.outbox import load_acks, parse_record, segment_paths
-
-    acked_to, listed = load_acks(folder)
-    recs = [parse_record(line) for _, p in segment_paths(folder) for line in p.read_bytes().splitlines()]
-    return [r.event_id for r in recs if r is not None and r.n > acked_to and r.n not in listed]
-
-
 def test_mqtt_broker_gone_until_close_loses_nothing_and_the_next_start_replays_in_order(mosquitto, tmp_path):
     """Events produced = received by an independent subscriber + counted undelivered (and on disk);
     the next start with the broker back delivers the rest, in order: every id arrives."""
@@ -477,6 +468,25 @@ def test_webhook_posts_json_with_bearer_token(http_peer, monkeypatch):
         assert headers["Content-Type"] == "application/json"
     finally:
         sink.close()
+
+
+def test_webhook_user_and_password_in_the_url_are_basic_auth_and_never_shown(http_peer, caplog):
+    import base64
+
+    url = http_peer.url.replace("http://", "http://line%401:pa55-w0rd@")
+    sink = build_sink({"type": "webhook", "url": url, "retries": 0})
+    try:
+        assert check_health([sink]) == [] and "pa55-w0rd" not in sink.target and "line%401" not in sink.target
+        sink.reject(event(5))
+        assert sink.wait_delivered(3)
+        (_, body, headers), = http_peer.received
+        assert headers["Authorization"] == "Basic " + base64.b64encode(b"line@1:pa55-w0rd").decode()
+        http_peer.fail_first, http_peer.fail_status = 10**6, 503     # a failure message names the URL
+        sink.reject(event(6))
+        assert wait_for(lambda: sink.stats["failed"] or sink.health().ok is False, 5)
+    finally:
+        sink.close()
+    assert http_peer.url in caplog.text and "pa55-w0rd" not in caplog.text
 
 
 def test_webhook_retries_a_server_that_fails_twice(http_peer):

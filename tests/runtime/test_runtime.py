@@ -608,7 +608,8 @@ def test_run_json_never_holds_a_secret(engine, calibration, detector, frames, tm
     outputs = [{"type": "mqtt", "host": "127.0.0.1", "port": free_port(), "username": "line1",
                 "password": secrets[0]},
                {"type": "mqtt", "name": "mqtt2", "host": "127.0.0.1", "port": free_port(), "password_env": "EDGEAD_PW"},
-               {"type": "webhook", "url": f"http://mes:{secrets[2]}@127.0.0.1:{free_port()}/e", "token": secrets[1]}]
+               {"type": "webhook", "url": f"http://mes:{secrets[2]}@127.0.0.1:{free_port()}/e"},
+               {"type": "webhook", "name": "hook2", "url": f"http://127.0.0.1:{free_port()}/e", "token": secrets[1]}]
     logs: list[str] = []
     summary, _, out = _run(engine, calibration, detector, ListSource(frames[0][:3], live=False), logs=logs,
                            deadline_ms=5000, outputs=outputs, allow_degraded=True,
@@ -620,7 +621,7 @@ def test_run_json_never_holds_a_secret(engine, calibration, detector, frames, tm
     config = json.loads(text)["config"]
     assert config["outputs"][0]["password"] == "***" and config["outputs"][0]["username"] == "line1"
     assert config["outputs"][1]["password_env"] == "EDGEAD_PW"            # the name of a variable stays
-    assert config["outputs"][2]["token"] == "***" and config["outputs"][2]["url"].startswith("http://mes:***@")
+    assert config["outputs"][2]["url"].startswith("http://mes:***@") and config["outputs"][3]["token"] == "***"
     assert config["http"]["token"] == "***"
 
 
@@ -798,9 +799,10 @@ def test_allow_degraded_starts_with_an_unreachable_output(engine, calibration, f
     err = capsys.readouterr().err
     assert "output 'modbus' is unreachable" in err and "--allow-degraded" in err and "Traceback" not in err
     assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").glob("*/events.jsonl"))
-    assert main([*args, "--allow-degraded"]) == 0
+    assert main([*args, "--allow-degraded"]) == 4          # the reject it could not kick is reported
     captured = capsys.readouterr()
     assert "running degraded: output 'modbus' is unreachable: cannot connect to 127.0.0.1:" in captured.err
+    assert "NOT DELIVERED: 1 rejects not kicked by output modbus (not connected to 127.0.0.1:" in captured.out
     run_json, = (tmp_path / "runs").glob("*/run.json")
     record = json.loads(run_json.read_text())
     assert record["config"]["allow_degraded"] is True and record["summary"]["parts"] == 4

@@ -58,6 +58,8 @@ def test_the_issue_example_parses(tmp_path):
     ({"type": "mqtt", "host": "h", "topic": "edgead/{line/events"}, "'topic' is not a valid template"),
     ({"type": "mqtt", "host": "h", "qos": 3}, "'qos' has a bad value 3"),
     ({"type": "webhook", "url": "mes.local/x"}, "'url' must start with http:// or https://"),
+    ({"type": "webhook", "url": "http://u:p@mes.local/x", "token": "t0ken"},
+     "give a token or a user:password in the url, not both"),
     ({"type": "kicker"}, "outputs[0]: unknown output type 'kicker'"),
     ({"host": "h"}, "outputs[0] needs a 'type'"),
     ({"type": "gpio", "pin": 3, "encoder": {"source": "modbus", "host": "h", "register": 4, "delay_cnt": 5}},
@@ -102,7 +104,7 @@ def test_serial_defaults_and_templates():
 
 
 def test_bad_yaml_and_missing_file_are_user_errors(tmp_path):
-    with pytest.raises(EdgeADError, match="run config not found"):
+    with pytest.raises(EdgeADError, match="run config .*nope.yaml does not exist"):
         load_outputs(tmp_path / "nope.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("outputs:\n  - type: log\n   path: x\n")

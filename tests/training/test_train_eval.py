@@ -163,7 +163,7 @@ def test_config_typo_via_cli(tmp_path, capsys):
 
 def test_eval_on_missing_model(tmp_path, capsys, tiny_product):
     err = _cli_error(["eval", "--model", str(tmp_path / "nomodel"), "--data", str(tiny_product)], capsys)
-    assert "model folder not found" in err
+    assert f"error: --model {tmp_path / 'nomodel'} does not exist" in err
 
 
 def test_help_lists_verbs(capsys):

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-import edgead.training.paths as paths
+import edgead.io as edgead_io
 import edgead.training.train as tr
 from edgead.cli import main
 from edgead.errors import EdgeADError
@@ -52,7 +52,7 @@ def _read_only(monkeypatch, root: Path) -> None:
             raise OSError(errno.EROFS, "Read-only file system")
         return real(*args, dir=dir, **kwargs)
 
-    monkeypatch.setattr(paths.tempfile, "mkstemp", mkstemp)
+    monkeypatch.setattr(edgead_io.tempfile, "mkstemp", mkstemp)
 
 
 def test_out_an_existing_file_is_refused_before_training(tmp_path, tiny_product, capsys, no_training):
@@ -60,9 +60,10 @@ def test_out_an_existing_file_is_refused_before_training(tmp_path, tiny_product,
     afile.write_text("x")
     good = str(tiny_product / "train" / "good")
     err = _err(["train", "--data", good, "--out", str(afile), *TRAIN], capsys)
-    assert f"error: --out {afile} is a file, not a folder" in err
+    assert f"error: --out {afile} is a file, but an output folder is needed" in err
+    assert "hint: give --out a folder (it is made if it does not exist), or move the file away" in err
     err = _err(["train", "--data", good, "--out", str(afile / "m"), *TRAIN], capsys)
-    assert f"error: --out {afile / 'm'} cannot be made: {afile} is a file" in err
+    assert f"error: --out {afile / 'm'}: {afile} is a file, so nothing can be written under it" in err
     assert afile.read_text() == "x"
 
 
@@ -72,17 +73,20 @@ def test_out_on_a_read_only_folder_is_refused_before_training(tmp_path, tiny_pro
     (tmp_path / "ro").mkdir()
     err = _err(["train", "--data", str(tiny_product / "train" / "good"), "--out", str(tmp_path / "ro" / "a" / "m"),
                 *TRAIN], capsys)
-    assert "cannot be written: it is on a read-only file system" in err and "hint: choose a writable folder" in err
+    assert f"error: --out {tmp_path / 'ro' / 'a' / 'm'} cannot be written: it is on a read-only file system " \
+        f"({tmp_path / 'ro'})" in err and "hint: choose a writable folder for --out" in err
     assert list((tmp_path / "ro").iterdir()) == []
 
 
 def test_too_little_free_space_is_refused_with_the_numbers(tmp_path, tiny_product, capsys, monkeypatch):
-    monkeypatch.setattr(paths.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9 - 2_000_000,
-                                                                                        2_000_000))
+    monkeypatch.setattr(edgead_io.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9 - 2 * 2**20,
+                                                                                            2 * 2**20))
     monkeypatch.setattr(tr, "cache_teacher", lambda *a, **k: pytest.fail("training started"))
     err = _err(["train", "--data", str(tiny_product / "train" / "good"), "--out", str(tmp_path / "m"), *TRAIN],
                capsys)
-    assert "only 2.0 MB free on that disk, the model needs about" in err and not (tmp_path / "m").exists()
+    assert f"error: --out {tmp_path / 'm'}: only 2.0 MB free on that disk ({tmp_path}), about " in err
+    assert "MB needed" in err and "hint: free some space, or choose another disk for --out" in err
+    assert not (tmp_path / "m").exists()
 
 
 def _fail_writes(monkeypatch, name: str) -> list[str]:
@@ -172,7 +176,8 @@ def test_eval_refuses_a_bad_out_and_batch_size_before_loading(tmp_path, tiny_mod
     afile = tmp_path / "afile"
     afile.write_text("x")
     base = ["eval", "--model", str(tiny_model), "--data", str(tiny_product)]
-    assert f"error: --out {afile} is a file, not a folder" in _err([*base, "--out", str(afile)], capsys)
+    assert f"error: --out {afile} is a file, but an output folder is needed" in _err([*base, "--out", str(afile)],
+                                                                                     capsys)
     (tmp_path / "ro").mkdir()
     _read_only(monkeypatch, tmp_path / "ro")
     assert "read-only file system" in _err([*base, "--out", str(tmp_path / "ro" / "ev")], capsys)
@@ -215,4 +220,4 @@ def test_real_read_only_and_full_disks(tmp_path, tiny_product):
     assert "Traceback" not in run.stderr
     assert f"edgead train: error: --out {ro}/m cannot be written: it is on a read-only file system ({ro})" \
         in run.stderr
-    assert f"edgead train: error: --out {small}/m: only 2.1 MB free on that disk" in run.stderr
+    assert f"edgead train: error: --out {small}/m: only 2.0 MB free on that disk ({small}), about " in run.stderr
