@@ -35,7 +35,7 @@ def run_one(name: str, root: Path, preset: str, fusions: list[str], out: Path, o
     cfg = load_config(preset, config_file, overrides=overrides)
     model_dir = out / "models" / f"{name}-{preset}"
     try:
-        if _finished_with(model_dir, cfg):
+        if _finished_with(model_dir, cfg, root / "train" / "good"):
             pass                                     # rerun of an interrupted benchmark: keep the model
         else:
             resume = (model_dir / "checkpoint" / "last.pt").is_file() and not (model_dir / "metadata.json").is_file()
@@ -64,15 +64,21 @@ def run_one(name: str, root: Path, preset: str, fusions: list[str], out: Path, o
     return rows
 
 
-def _finished_with(model_dir: Path, cfg: Any) -> bool:
-    """A complete model trained with exactly this config (and not interrupted) is reused."""
+def _finished_with(model_dir: Path, cfg: Any, good: Path) -> bool:
+    """A complete model trained with exactly this config on exactly these images (and not interrupted)
+    is reused; another image set under the same name is trained again."""
     import yaml
+
+    from edgead.data.images import list_images
+    from edgead.training.train import data_fingerprint
 
     meta, config = model_dir / "metadata.json", model_dir / "config.yaml"
     if not (meta.is_file() and config.is_file()):
         return False
-    done = json.loads(meta.read_text())["training"]
-    return yaml.safe_load(config.read_text()) == cfg.to_dict() and not done["interrupted"]
+    metadata = json.loads(meta.read_text())
+    if yaml.safe_load(config.read_text()) != cfg.to_dict() or metadata["training"]["interrupted"]:
+        return False
+    return metadata.get("data", {}).get("fingerprint") == data_fingerprint(list_images(good))
 
 
 def markdown(rows: list[dict], command: str) -> str:

@@ -150,12 +150,21 @@ def size_of(text: str) -> tuple[str, tuple[int, int]]:
     return name, (int(h), int(w))
 
 
-def input_size(name: str, args: argparse.Namespace) -> tuple[int, int] | None:
-    """--size-of NAME=HxW for this category, else --size, else the preset's (None)."""
+def input_size(name: str, args: argparse.Namespace, root: Path | None = None) -> tuple[int, int] | None:
+    """--size-of NAME=HxW for this category, else --size, else with --auto-size the training images'
+    aspect at the preset's pixel count (what `edgead train` does without --size), else the preset's (None)."""
     sizes = dict(args.size_of or [])
     if name in sizes:
         return sizes[name]
-    return (args.size[0], args.size[1]) if args.size else None
+    if args.size:
+        return args.size[0], args.size[1]
+    if getattr(args, "auto_size", False) and root is not None:
+        from edgead.training.input_size import auto_size, median_aspect
+
+        cfg = load_config(args.preset, args.config)
+        return auto_size(median_aspect(good_images(root, min_count=1)), cfg.input.height * cfg.input.width,
+                         cfg.min_input_size()[0])
+    return None
 
 
 def epochs_for_steps(steps: int, n_good: int, cfg: ModelConfig) -> int:
@@ -169,7 +178,7 @@ def epochs_for_steps(steps: int, n_good: int, cfg: ModelConfig) -> int:
 def overrides_for(name: str, root: Path, args: argparse.Namespace) -> dict[str, Any]:
     """The training overrides of one category: seed, input size, epochs (or steps turned into epochs)."""
     overrides: dict[str, Any] = {"train": {"seed": args.seed}}
-    size = input_size(name, args)
+    size = input_size(name, args, root)
     if size:
         overrides["input"] = {"height": size[0], "width": size[1]}
     if args.epochs:
@@ -359,6 +368,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--preset", default=DEFAULT_PRESET)
     ap.add_argument("--config", help="YAML overriding the preset (for variants)")
     ap.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="input size (default: the preset's)")
+    ap.add_argument("--auto-size", action="store_true", help="each category at its training images' aspect "
+                    "(the preset's pixel count), as `edgead train` does without --size")
     ap.add_argument("--size-of", action="append", type=size_of, metavar="CATEGORY=HxW",
                     help="input size of one category (repeat for several)")
     budget = ap.add_mutually_exclusive_group()

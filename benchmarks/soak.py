@@ -220,12 +220,9 @@ def main() -> None:
     ap.add_argument("--fps", type=float, default=20.0)
     ap.add_argument("--out", default="bench-out/soak")
     ap.add_argument("--heap", action="store_true", help="also trace Python's heap (tracemalloc; slower)")
-    ap.add_argument("--malloc-arenas", type=int, help="EDGEAD_MALLOC_ARENAS for the run (0: glibc's default)")
     args = ap.parse_args()
     if args.heap:
         tracemalloc.start()
-    if args.malloc_arenas is not None:
-        os.environ["EDGEAD_MALLOC_ARENAS"] = str(args.malloc_arenas)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     model, data = tiny_model(out)

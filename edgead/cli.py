@@ -23,15 +23,44 @@ if TYPE_CHECKING:
 def _overrides(args: argparse.Namespace) -> dict:
     """`edgead train` flags as config overrides; a flag left out keeps the preset's value."""
     over: dict = {}
-    train = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size), ("seed", args.seed))
-             if v is not None}
+    train = {k: v for k, v in (("epochs", args.epochs), ("steps", args.steps), ("batch_size", args.batch_size),
+                               ("seed", args.seed)) if v is not None}
     if train:
         over["train"] = train
-    if args.size:
-        over["input"] = {"height": args.size[0], "width": args.size[1]}
+    size = _fixed_size(args.size)
+    if size:
+        over["input"] = {"height": size[0], "width": size[1]}
     if args.fusion:
         over["fusion"] = args.fusion
     return over
+
+
+def _fixed_size(size: list[str] | None) -> tuple[int, int] | None:
+    """`--size H W` as two whole numbers; None for `--size auto` or no --size (the images' aspect)."""
+    if not size or size == ["auto"]:
+        return None
+    if len(size) == 2 and all(v.isdigit() for v in size):
+        return int(size[0]), int(size[1])
+    raise EdgeADError(f"--size {' '.join(size)}: expected two whole numbers H W, or auto",
+                      "e.g. --size 256 640, or --size auto (the training images' aspect at the preset's pixel count)")
+
+
+def _auto_input(cfg: Any, data: str) -> Any:
+    """The config with its input re-shaped to the training images' median aspect (same pixel count)."""
+    from dataclasses import replace
+
+    from edgead.data.mvtec import good_images
+    from edgead.training.input_size import auto_size, median_aspect
+
+    from edgead.training.train import DATA_HINT
+
+    check_input(data, kind="dir", what="--data", hint=DATA_HINT)
+    aspect = median_aspect(good_images(data))
+    h, w = auto_size(aspect, cfg.input.height * cfg.input.width, cfg.min_input_size()[0])
+    if (h, w) != (cfg.input.height, cfg.input.width):
+        print(f"input {h}x{w}: the training images' median aspect {aspect:.2f} at about "
+              f"{cfg.input.height * cfg.input.width} pixels (--size H W fixes it)")
+    return replace(cfg, input=replace(cfg.input, height=h, width=w))
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
@@ -62,6 +91,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     if not args.data or not args.out:
         raise EdgeADError("train needs --data DIR and --out models/NAME", "see `edgead train --help`")
+    if _fixed_size(args.size) is None:
+        cfg = _auto_input(cfg, args.data)
     from edgead.training.train import train
 
     result = train(args.data, args.out, cfg, skip_bad=args.skip_bad, resume=args.resume,
@@ -266,9 +297,13 @@ def _add_train(sub: _Subparsers) -> None:
     p.add_argument("--preset", choices=["edge", "paper"], default=None, help="default: edge")
     p.add_argument("--config", help="YAML file whose keys override the preset")
     p.add_argument("--epochs", type=int)
+    p.add_argument("--steps", type=int, help="a training budget in optimiser steps instead of epochs (the same "
+                   "number of updates on 50 good images or 5000)")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--seed", type=int)
-    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="input height and width")
+    p.add_argument("--size", nargs="+", metavar="H W | auto",
+                   help="input height and width; default auto: the training images' median aspect ratio at the "
+                        "preset's pixel count (256x256), in multiples of 32")
     p.add_argument("--fusion", choices=["multiplicative", "additive", "max"])
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda")
     p.add_argument("--skip-bad", action="store_true", help="skip and count unreadable images instead of stopping")

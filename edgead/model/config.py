@@ -58,6 +58,7 @@ class PairSpec:
 @dataclass
 class TrainSpec:
     epochs: int = 30
+    steps: int | None = None      # a budget in optimiser steps instead: epochs = ceil(steps / steps per epoch)
     batch_size: int = 8
     lr: float = 1e-3              # peak learning rate of the one-cycle schedule
     weight_decay: float = 1e-5
@@ -208,6 +209,7 @@ def _check_pair(i: int, p: PairSpec) -> None:
 def _check_train(t: TrainSpec) -> None:
     """The training schedule's ranges (the schema already refused non-numbers, NaN and infinity)."""
     at_least(TRAIN, "epochs", t.epochs, 1)
+    at_least(TRAIN, "steps", t.steps, 1, optional=True)
     at_least(TRAIN, "batch_size", t.batch_size, 1)
     positive(TRAIN, "lr", t.lr)
     at_least(TRAIN, "weight_decay", t.weight_decay, 0)

@@ -31,7 +31,6 @@ from edgead.preprocess import PreprocessSpec
 from edgead.protocols import Detector, FrameSource, RejectSink
 from edgead.runtime.config import RunConfig, parse_listen
 from edgead.runtime.loop import Loop, LoopOptions
-from edgead.runtime.memory import arenas_wanted, limit_malloc_arenas
 from edgead.runtime.recorder import Recorder
 from edgead.runtime.telemetry import RunMetrics
 from edgead.signals.group import SinkGroup
@@ -307,7 +306,6 @@ def run(cfg: RunConfig, *, force: bool = False, detector: Detector | None = None
     from edgead.decide.record import decide
 
     cfg.check_paths()   # the required keys, then every path: before the engine, the outputs or the camera open
-    limit_malloc_arenas(arenas_wanted())    # before the run's threads start (edgead.runtime.memory)
     closers: list[Callable[[], None]] = []
     metrics = RunMetrics()
     warnings: list[str] = []

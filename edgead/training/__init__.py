@@ -8,6 +8,7 @@
 - figures.py: ROC curves, score histograms and heat-map grids (PNG; the overlay itself is
   edgead.runtime.overlay, shared with the line);
 - device.py: picking the torch device;
+- input_size.py: the input size from the training images (their aspect at the preset's pixel count);
 
 This stage may import torch (train, batches, statistics, evaluate, device); metrics.py and
 figures.py happen not to, so `edgead eval` figures can be drawn without it.

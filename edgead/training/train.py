@@ -8,8 +8,10 @@ resumable run, and a usable model from the best epoch so far.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -234,6 +236,18 @@ def _epochs(out: Path, cfg: ModelConfig, model: DualKD, im: _Images, dev: torch.
         bar.close()
 
 
+def epochs_for_budget(cfg: ModelConfig, steps_per_epoch: int, log: Callable[[str], None]) -> ModelConfig:
+    """With `train.steps`, the epochs that give at least that many optimiser steps on this data set (the
+    same number of updates whether there are 50 good images or 5000); else the config unchanged."""
+    steps = cfg.train.steps
+    if not steps:
+        return cfg
+    epochs = max(1, math.ceil(steps / max(1, steps_per_epoch)))
+    if epochs != cfg.train.epochs:
+        log(f"train.steps {steps}: {epochs} epochs of {steps_per_epoch} steps")
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=epochs))
+
+
 def train(data: str | Path, out: str | Path, cfg: ModelConfig, *, skip_bad: bool = False, resume: bool = False,
           overwrite: bool = False, device: str | None = None, progress: bool = True,
           log: Callable[[str], None] = print) -> TrainResult:
@@ -249,6 +263,7 @@ def train(data: str | Path, out: str | Path, cfg: ModelConfig, *, skip_bad: bool
     check_output(out, kind="dir", what="--out", overwrite=True, min_free_mb=_bytes_to_write(model) / 2**20)
     im = _load_images(data, cfg, model, dev, skip_bad, log)
     steps_per_epoch = len(batches(len(im.train), cfg.train.batch_size, None))
+    cfg = epochs_for_budget(cfg, steps_per_epoch, log)
     optimizer = torch.optim.Adam(model.trainable_parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.train.lr,
                                                     total_steps=cfg.train.epochs * steps_per_epoch)

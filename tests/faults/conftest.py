@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fault_line import DEFECT_EVERY, Line
+from fault_line import Line
+from line_parts import good_and_defective
 
 
 @pytest.fixture(scope="session")
 def line(tiny_model: Path, tiny_product: Path, tmp_path_factory: pytest.TempPathFactory) -> Line:
     from edgead.backends import load_detector
-    from edgead.data.images import list_images, read_image
     from edgead.decide.record import build_record, write_record
     from edgead.decide.scoring import Scored, engine_info
     from edgead.export.build import build_engine
@@ -24,15 +24,7 @@ def line(tiny_model: Path, tiny_product: Path, tmp_path_factory: pytest.TempPath
     engine = root / "engine"
     build_engine(tiny_model, engine, max_batch=4, log=lambda s: None)
     detector = load_detector(engine, "onnxruntime", "fp32")
-    rng = np.random.default_rng(1)
-    images, labels = [], []
-    for k, p in enumerate(list_images(tiny_product / "train" / "good")):
-        img = read_image(p)
-        if k % DEFECT_EVERY == DEFECT_EVERY - 1:
-            img = img.copy()
-            img[20:76, 20:76] = rng.integers(0, 256, (56, 56, 3), dtype=np.uint8)
-        images.append(img)
-        labels.append(int(k % DEFECT_EVERY == DEFECT_EVERY - 1))
+    images, labels = good_and_defective(tiny_product / "train" / "good")
     spec, info = engine_info(engine, detector)
     scores, _ = detector.infer(np.stack([preprocess(i, spec) for i in images]))
     good, bad = scores[np.array(labels) == 0], scores[np.array(labels) == 1]

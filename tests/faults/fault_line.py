@@ -23,7 +23,6 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
-DEFECT_EVERY = 3          # part k is defective when k % 3 == 2
 
 
 @dataclass

@@ -24,11 +24,12 @@ import cv2
 import numpy as np
 import pytest
 
+from line_parts import good_and_defective
+
 from edgead.errors import EdgeADError
 from edgead.protocols import Frame, InspectionEvent, SinkHealth
 from edgead.runtime.config import from_dict, load_run_config, parse_listen
 
-DEFECT_EVERY = 3   # frame k is defective when k % 3 == 2
 
 
 # ---------------------------------------------------------------- fixtures
@@ -53,18 +54,7 @@ def detector(engine):
 @pytest.fixture(scope="module")
 def frames(tiny_product):
     """(RGB frames, labels): training images, every third one with a block of noise."""
-    from edgead.data.images import list_images, read_image
-
-    rng = np.random.default_rng(1)
-    images, labels = [], []
-    for k, p in enumerate(list_images(tiny_product / "train" / "good")):
-        img = read_image(p)
-        if k % DEFECT_EVERY == DEFECT_EVERY - 1:
-            img = img.copy()
-            img[20:76, 20:76] = rng.integers(0, 256, (56, 56, 3), dtype=np.uint8)
-        images.append(img)
-        labels.append(int(k % DEFECT_EVERY == DEFECT_EVERY - 1))
-    return images, labels
+    return good_and_defective(tiny_product / "train" / "good")
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,58 @@
+"""The model's input size from the training images: their aspect ratio kept, at a pixel budget.
+
+A fixed square input squashes long parts (a 500x1250 commutator loses 60 % of its length's detail)
+and distorts every defect's shape the same way for nothing. `edgead train` without --size keeps the
+median aspect ratio of the good images at the pixel count of the preset (or --config) input, so the
+model costs about the same per image as at the preset's size; `--size H W` fixes it.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+from typing import Sequence
+
+SIZE_MULTIPLE = 32        # the backbones' largest stride: every feature map tiles the input exactly
+ASPECT_SAMPLE = 64        # images whose size is read (headers only); enough for a median
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(height, width) from the file's header where possible (no full decode)."""
+    try:
+        from PIL import Image
+
+        with Image.open(path) as im:
+            w, h = im.size
+            return h, w
+    except Exception:         # no PIL, or a format it does not know: decode (the loader will say if it is bad)
+        from edgead.data.images import read_image
+
+        img = read_image(path)
+        return img.shape[0], img.shape[1]
+
+
+def median_aspect(paths: Sequence[Path], sample: int = ASPECT_SAMPLE, seed: int = 0) -> float:
+    """Median width / height over a seeded sample of the images."""
+    chosen = list(paths) if len(paths) <= sample else random.Random(seed).sample(list(paths), sample)
+    ratios = sorted(w / h for h, w in (image_size(p) for p in chosen) if h > 0 and w > 0)
+    if not ratios:
+        return 1.0
+    mid = len(ratios) // 2
+    return ratios[mid] if len(ratios) % 2 else (ratios[mid - 1] + ratios[mid]) / 2
+
+
+def auto_size(aspect: float, pixels: int, smallest: int, multiple: int = SIZE_MULTIPLE) -> tuple[int, int]:
+    """(height, width): width / height close to `aspect`, height x width close to `pixels`, both multiples
+    of `multiple` and at least `smallest` (the model's minimum input side)."""
+    floor = max(multiple, math.ceil(smallest / multiple) * multiple)
+
+    def snap(v: float) -> int:
+        return max(floor, int(round(v / multiple)) * multiple)
+
+    h_raw, w_raw = math.sqrt(pixels / aspect), math.sqrt(pixels * aspect)
+    if h_raw < floor:              # a very long part: the short side at the minimum, the long one follows it
+        return floor, snap(floor * aspect)
+    if w_raw < floor:
+        return snap(floor / aspect), floor
+    return snap(h_raw), snap(w_raw)
