@@ -4,13 +4,13 @@ import errno
 import json
 import math
 import os
-import shutil
+import shlex
 import stat
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from mount_namespace import run_with_mounts
 
 from edgead.io import atomic_write, atomic_write_bytes, atomic_write_json
 
@@ -160,19 +160,13 @@ def test_the_write_probe_leaves_nothing_behind(tmp_path):
 @pytest.mark.hardware   # a machine capability (mount namespaces), not an install step: may skip in CI
 def test_root_on_a_real_read_only_mount_is_refused(tmp_path):
     """A read-only tmpfs in a user namespace, where this process is root: one message, nothing written."""
-    if not shutil.which("unshare"):
-        pytest.skip("needs unshare (util-linux) for a read-only mount without root")
     ro = tmp_path / "ro"
-    ro.mkdir()
     code = ("import sys; from edgead.io import check_output; from edgead.errors import EdgeADError\n"
             "for kind, p in (('dir', sys.argv[1] + '/m'), ('file', sys.argv[1] + '/cal.yaml')):\n"
             "    try: check_output(p, kind=kind, what='--out'); print('accepted')\n"
             "    except EdgeADError as e: print(e.message)\n")
-    run = subprocess.run(["unshare", "-rm", "sh", "-c", f'mount -t tmpfs -o ro none {ro} && id -u && '
-                          f'{sys.executable} -c "$0" {ro}', code], capture_output=True, text=True,
-                         cwd=Path(__file__).resolve().parents[1], timeout=60)
-    if run.returncode != 0 and "mount" in run.stderr:
-        pytest.skip(f"user namespaces cannot mount here: {run.stderr.strip()}")
+    run = run_with_mounts({ro: "ro"}, f"id -u && {shlex.quote(sys.executable)} -c {shlex.quote(code)} {ro}",
+                          timeout=60, cwd=Path(__file__).resolve().parents[1])
     assert run.stdout.splitlines() == ["0", f"--out {ro}/m cannot be written: it is on a read-only file system ({ro})",
                                        f"--out {ro}/cal.yaml cannot be written: it is on a read-only file system "
                                        f"({ro})"], run.stdout + run.stderr

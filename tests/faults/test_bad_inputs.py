@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import shlex
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 from typing import Callable
@@ -15,6 +14,7 @@ import numpy as np
 import pytest
 
 from fault_line import REPO, Line, env, no_traceback, Result, edgead
+from mount_namespace import run_with_mounts
 
 TRAIN = ["--epochs", "1", "--batch-size", "4", "--size", "64", "64", "--no-progress"]
 CAL = ["--target-frr", "0.2"]      # 60 good images are enough for it: the path is what is wrong
@@ -94,24 +94,15 @@ def test_one_message_exit_2_no_traceback(line: Line, tmp_path: Path, case: str) 
 @pytest.mark.hardware   # mount namespaces are a machine capability, not an install step
 def test_every_verb_into_a_read_only_mount_is_one_message(line: Line, tmp_path: Path) -> None:
     """train, build-engine, calibrate and run --record with their output on a tmpfs mounted read-only."""
-    if not shutil.which("unshare"):
-        pytest.skip("needs unshare (util-linux) for a read-only mount without root")
     ro = tmp_path / "ro"
-    ro.mkdir()
-    probe = subprocess.run(["unshare", "-rm", "sh", "-c", f"mount -t tmpfs -o ro none {ro}"], capture_output=True)
-    if probe.returncode != 0:
-        pytest.skip(f"user namespaces cannot mount here: {probe.stderr.decode().strip()}")
     good = line.folder("folder60", 60)
     verbs = {"train": ["train", "--data", good, "--out", ro / "m", *TRAIN],
              "build-engine": ["build-engine", "--model", line.model, "--out", ro / "e", "--backend", "onnxruntime"],
              "calibrate": ["calibrate", "--engine", line.engine, "--good", good, "--out", ro / "c.yaml", *CAL],
              "run": line.run_args(good, "--record", ro / "rec")}
     cli = f"{shlex.quote(sys.executable)} -m edgead.cli"
-    script = f"mount -t tmpfs -o ro none {ro}"
-    for argv in verbs.values():
-        script += f"; {cli} {' '.join(shlex.quote(str(a)) for a in argv)}; echo rc=$?"
-    p = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, timeout=240,
-                       env=env(), cwd=REPO)
+    script = "; ".join(f"{cli} {' '.join(shlex.quote(str(a)) for a in argv)}; echo rc=$?" for argv in verbs.values())
+    p = run_with_mounts({ro: "ro"}, script, timeout=240, env=env(), cwd=REPO)
     res = no_traceback(Result(p.returncode, p.stdout, p.stderr))
     assert [s for s in res.out.splitlines() if s.startswith("rc=")] == ["rc=2"] * 4, res.text
     for verb in verbs:

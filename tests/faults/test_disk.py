@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import json
 import shlex
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 from fault_line import REPO, Line, env, no_traceback, Result, write_yaml
+from mount_namespace import run_with_mounts
 
 pytestmark = pytest.mark.hardware   # mount namespaces are a machine capability, not an install step
 
@@ -21,19 +20,11 @@ pytestmark = pytest.mark.hardware   # mount namespaces are a machine capability,
 def _in_tmpfs(tmp_path: Path, size_kb: int, script: str) -> Result:
     """`script` in a mount namespace where {disk} is a tmpfs of size_kb; {edgead} runs the CLI. What the
     script copies to {keep} outlives the mount."""
-    if not shutil.which("unshare"):
-        pytest.skip("needs unshare (util-linux) to mount a small disk without root")
     disk, keep = tmp_path / "disk", tmp_path / "keep"
-    disk.mkdir()
     keep.mkdir()
-    probe = subprocess.run(["unshare", "-rm", "sh", "-c", f"mount -t tmpfs -o size=64k none {disk}"],
-                           capture_output=True, text=True)
-    if probe.returncode != 0:
-        pytest.skip(f"user namespaces cannot mount here: {probe.stderr.strip()}")
     cli = f"{shlex.quote(sys.executable)} -m edgead.cli"
-    body = script.format(disk=disk, keep=keep, edgead=cli)
-    p = subprocess.run(["unshare", "-rm", "sh", "-c", f"mount -t tmpfs -o size={size_kb}k none {disk} && {body}"],
-                       capture_output=True, text=True, timeout=180, env=env(), cwd=REPO)
+    p = run_with_mounts({disk: f"size={size_kb}k"}, script.format(disk=disk, keep=keep, edgead=cli), timeout=180,
+                        env=env(), cwd=REPO)
     return no_traceback(Result(p.returncode, p.stdout, p.stderr))
 
 

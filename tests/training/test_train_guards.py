@@ -8,7 +8,6 @@ import io
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -20,6 +19,8 @@ import torch
 
 import edgead.io as edgead_io
 import edgead.training.train as tr
+from mount_namespace import run_with_mounts
+
 from edgead.cli import main
 from edgead.errors import EdgeADError
 from edgead.model.artifact import load_model
@@ -202,20 +203,12 @@ def test_eval_names_a_tiny_test_image_and_a_full_disk(tmp_path, tiny_model, tiny
 @pytest.mark.hardware   # a machine capability (mount namespaces), not an install step: may skip in CI
 def test_real_read_only_and_full_disks(tmp_path, tiny_product):
     """A read-only tmpfs and a 2 MB tmpfs, mounted in a user namespace (no root needed)."""
-    if not shutil.which("unshare"):
-        pytest.skip("needs unshare (util-linux) for a read-only mount without root")
     ro, small = tmp_path / "ro", tmp_path / "small"
-    ro.mkdir()
-    small.mkdir()
-    probe = subprocess.run(["unshare", "-rm", "sh", "-c", f"mount -t tmpfs -o ro none {ro}"], capture_output=True)
-    if probe.returncode != 0:
-        pytest.skip(f"user namespaces cannot mount here: {probe.stderr.decode().strip()}")
     good = tiny_product / "train" / "good"
     cli = f"{sys.executable} -m edgead.cli train --data {good} {' '.join(TRAIN)}"
-    script = (f"mount -t tmpfs -o ro none {ro} && mount -t tmpfs -o size=2m none {small} && "
-              f"{cli} --out {ro}/m; echo rc=$?; {cli} --out {small}/m; echo rc=$?")
-    run = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, cwd=REPO,
-                         env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}, timeout=120)
+    run = run_with_mounts({ro: "ro", small: "size=2m"}, f"{cli} --out {ro}/m; echo rc=$?; {cli} --out {small}/m; "
+                          "echo rc=$?", timeout=120, cwd=REPO,
+                          env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)})
     assert run.stdout.splitlines() == ["rc=2", "rc=2"], run.stdout + run.stderr
     assert "Traceback" not in run.stderr
     assert f"edgead train: error: --out {ro}/m cannot be written: it is on a read-only file system ({ro})" \
