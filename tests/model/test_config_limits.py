@@ -98,6 +98,13 @@ def test_non_finite_train_floats_are_refused_naming_the_key(tmp_path, key, value
 
 
 @pytest.mark.parametrize("text, needle", [
+    ("trian: {epochs: 3}\n", "unknown key 'config.trian'"),
+    ("train: {epoch: 3}\n", "unknown key 'train.epoch'"),
+    ("train: {epochs: many}\n", "'train.epochs' has a bad value"),
+    ("fusion: sum\n", "'fusion' has a bad value"),
+    ("train: {bn_frozen_fraction: 1.0}\n", "'train.bn_frozen_fraction' has a bad value"),
+    ("position_norm: 1\n", "'position_norm' has a bad value"),
+    ("input: {heigth: 100}\n", "heigth"),
     ("train: {lr: 0}\n", "'train.lr' has a bad value 0"),
     ("train: {lr: -0.1}\n", "'train.lr' has a bad value -0.1"),
     ("train: {weight_decay: -1e-5}\n", "'train.weight_decay' has a bad value"),
@@ -116,7 +123,7 @@ def test_non_finite_train_floats_are_refused_naming_the_key(tmp_path, key, value
     ("input: {mean: [0.5, .inf, 0.5]}\n", "'input.mean' has a bad value [0.5, inf, 0.5]"),
     ("fusion: [additive]\n", "'fusion' has a bad value"),
 ])
-def test_out_of_range_values_are_refused_naming_the_key(tmp_path, text, needle):
+def test_bad_keys_and_out_of_range_values_are_refused_naming_the_key(tmp_path, text, needle):
     f = tmp_path / "c.yaml"
     f.write_text(text)
     with pytest.raises(EdgeADError) as err:
