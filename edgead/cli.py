@@ -45,24 +45,6 @@ def _fixed_size(size: list[str] | None) -> tuple[int, int] | None:
                       "e.g. --size 256 640, or --size auto (the training images' aspect at the preset's pixel count)")
 
 
-def _auto_input(cfg: Any, data: str) -> Any:
-    """The config with its input re-shaped to the training images' median aspect (same pixel count)."""
-    from dataclasses import replace
-
-    from edgead.data.mvtec import good_images
-    from edgead.training.input_size import auto_size, median_aspect
-
-    from edgead.training.train import DATA_HINT
-
-    check_input(data, kind="dir", what="--data", hint=DATA_HINT)
-    aspect = median_aspect(good_images(data))
-    h, w = auto_size(aspect, cfg.input.height * cfg.input.width, cfg.min_input_size()[0])
-    if (h, w) != (cfg.input.height, cfg.input.width):
-        print(f"input {h}x{w}: the training images' median aspect {aspect:.2f} at about "
-              f"{cfg.input.height * cfg.input.width} pixels (--size H W fixes it)")
-    return replace(cfg, input=replace(cfg.input, height=h, width=w))
-
-
 def cmd_synth(args: argparse.Namespace) -> int:
     from edgead.data.synth import CATEGORIES, generate_all, generate_product
 
@@ -92,7 +74,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not args.data or not args.out:
         raise EdgeADError("train needs --data DIR and --out models/NAME", "see `edgead train --help`")
     if _fixed_size(args.size) is None:
-        cfg = _auto_input(cfg, args.data)
+        from edgead.training.input_size import keep_aspect
+
+        cfg = keep_aspect(cfg, args.data)
     from edgead.training.train import train
 
     result = train(args.data, args.out, cfg, skip_bad=args.skip_bad, resume=args.resume,

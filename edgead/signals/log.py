@@ -17,8 +17,6 @@ from edgead.signals.base import SinkBase
 from edgead.signals.config import LogConfig
 from edgead.signals.worker import Worker
 
-FSYNC_INTERVAL_S = 1.0     # the log reaches the disk at least this often
-
 
 def event_json(event: InspectionEvent, **extra: Any) -> str:
     """Strict one-line JSON of the event (NaN -> null), with extra top-level fields (e.g. line)."""
@@ -42,7 +40,7 @@ class LogSink(SinkBase):
         try:
             path = Path(cfg.path)
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = LineLog(path, FSYNC_INTERVAL_S)
+            self._file = LineLog(path)    # fsync'd at least once a second
             self._ok()
         except OSError as err:
             self._fail(f"cannot open {cfg.path} for appending: {err}")

@@ -8,10 +8,15 @@ model costs about the same per image as at the preset's size; `--size H W` fixes
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
+
+from edgead.data.mvtec import good_images
+from edgead.io import check_input
+from edgead.model.config import ModelConfig
 
 SIZE_MULTIPLE = 32        # the backbones' largest stride: every feature map tiles the input exactly
 ASPECT_SAMPLE = 64        # images whose size is read (headers only); enough for a median
@@ -56,3 +61,17 @@ def auto_size(aspect: float, pixels: int, smallest: int, multiple: int = SIZE_MU
     if w_raw < floor:
         return snap(floor / aspect), floor
     return snap(h_raw), snap(w_raw)
+
+
+def keep_aspect(cfg: ModelConfig, data: str | Path, log: Callable[[str], None] = print) -> ModelConfig:
+    """`cfg` with its input re-shaped to the training images' median aspect, at its own pixel count."""
+    from edgead.training.train import DATA_HINT
+
+    check_input(data, kind="dir", what="--data", hint=DATA_HINT)
+    aspect = median_aspect(good_images(data))
+    pixels = cfg.input.height * cfg.input.width
+    h, w = auto_size(aspect, pixels, cfg.min_input_size()[0])
+    if (h, w) != (cfg.input.height, cfg.input.width):
+        log(f"input {h}x{w}: the training images' median aspect {aspect:.2f} at about {pixels} pixels "
+            "(--size H W fixes it)")
+    return dataclasses.replace(cfg, input=dataclasses.replace(cfg.input, height=h, width=w))
