@@ -9,12 +9,17 @@ the wrong type and values out of range are EdgeADErrors that say where (`run con
 
 from __future__ import annotations
 
+import ast
+import builtins
 import dataclasses
+import functools
 import math
+import sys
 import types
+import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Union, get_args, get_origin, get_type_hints
+from typing import Any, Iterable, Mapping, Union, get_args, get_origin
 
 import yaml
 
@@ -68,9 +73,56 @@ def is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+# `int | None` written without quotes is a types.UnionType on 3.10+; the strings we resolve become Union.
+_UNIONS = (Union, getattr(types, "UnionType", Union))
+# PEP 585 builtins as the typing generics Python 3.8 can subscript (same origin, same args).
+_GENERICS = {"list": typing.List, "dict": typing.Dict, "tuple": typing.Tuple, "set": typing.Set,
+             "frozenset": typing.FrozenSet, "type": typing.Type}
+
+
+def _resolve(node: ast.AST, names: Mapping[str, Any]) -> Any:
+    """One annotation expression as the typing object it means, on any Python from 3.8.
+
+    typing.get_type_hints evaluates the annotation strings of `from __future__ import annotations`,
+    and on Python 3.8 `str | None` and `list[int]` raise when evaluated; read as Union and List here,
+    the validator sees the same origins and arguments on every version.
+    """
+    if isinstance(node, ast.Expression):
+        return _resolve(node.body, names)
+    if isinstance(node, ast.Constant):
+        return node.value
+    if isinstance(node, ast.Name):
+        return names[node.id] if node.id in names else getattr(builtins, node.id)
+    if isinstance(node, ast.Attribute):
+        return getattr(_resolve(node.value, names), node.attr)
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
+        return Union[_resolve(node.left, names), _resolve(node.right, names)]
+    if isinstance(node, (ast.Tuple, ast.List)):
+        items = [_resolve(e, names) for e in node.elts]
+        return tuple(items) if isinstance(node, ast.Tuple) else items
+    if isinstance(node, ast.Subscript):
+        index = getattr(node.slice, "value", node.slice) if sys.version_info < (3, 9) else node.slice  # ast.Index
+        base = node.value
+        generic = _GENERICS.get(base.id) if isinstance(base, ast.Name) and base.id not in names else None
+        return (generic or _resolve(base, names))[_resolve(index, names)]
+    raise TypeError(f"unsupported annotation {ast.dump(node)}")
+
+
+@functools.lru_cache(maxsize=None)
+def type_hints(cls: type) -> dict[str, Any]:
+    """The annotations of a class and its bases, resolved: the 3.8-safe typing.get_type_hints (read-only)."""
+    hints: dict[str, Any] = {}
+    for klass in reversed(cls.__mro__):
+        own = vars(klass).get("__annotations__", {})
+        names = vars(sys.modules[klass.__module__]) if own else {}
+        for name, hint in own.items():
+            hints[name] = _resolve(ast.parse(hint, mode="eval"), names) if isinstance(hint, str) else hint
+    return hints
+
+
 def _describe(hint: Any) -> str:
     origin = get_origin(hint)
-    if origin in (Union, types.UnionType):
+    if origin in _UNIONS:
         return " or ".join(_describe(h) for h in get_args(hint))
     if origin is tuple and get_args(hint) and Ellipsis not in get_args(hint):
         return f"a list of {len(get_args(hint))} ({_describe(get_args(hint)[0])} each)"
@@ -83,7 +135,7 @@ def _convert(value: Any, hint: Any, place: Place, name: str) -> Any:
     origin = get_origin(hint)
     if hint is Any:
         return value
-    if origin in (Union, types.UnionType):
+    if origin in _UNIONS:
         sections = [o for o in get_args(hint) if dataclasses.is_dataclass(o) and isinstance(o, type)]
         if isinstance(value, dict) and len(sections) == 1:   # a section: its own errors name its keys
             return _convert(value, sections[0], place, name)
@@ -127,7 +179,7 @@ def build(cls: type, data: Any, place: Place) -> Any:
     """
     names = [f.name for f in dataclasses.fields(cls) if f.init and f.metadata.get("yaml", True)]
     data = known_keys({} if data is None else data, names, place)
-    hints = get_type_hints(cls)
+    hints = type_hints(cls)
     return cls(**{key: _convert(value, hints[key], place, key) for key, value in data.items()})
 
 

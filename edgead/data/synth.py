@@ -22,7 +22,7 @@ import os
 import re
 import zlib
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, Tuple
 
 import cv2
 import numpy as np
@@ -354,7 +354,8 @@ def _washer_foreign(rng: np.random.Generator, img: Image, ctx: dict) -> Image:
     return _foreign(rng, img, ctx["ring"], ctx["m"])
 
 
-_Renderer = Callable[[np.random.Generator, int, int], tuple[Image, dict]]
+# typing.Tuple, not tuple[...]: an alias is evaluated at import, on Python 3.8 too.
+_Renderer = Callable[[np.random.Generator, int, int], Tuple[Image, dict]]
 _Defect = Callable[[np.random.Generator, Image, dict], Image]
 _RENDER: dict[str, _Renderer] = {"brick": _brick, "brushed_metal": _metal, "washer": _washer}
 _DEFECTS: dict[str, dict[str, _Defect]] = {

@@ -139,5 +139,5 @@ def stage_latencies(events: list[dict[str, Any]]) -> dict[str, dict[str, float]]
         for name, v in (e.get("latency_ms") or {}).items():
             if v is not None:
                 stages.setdefault(name, []).append(float(v))
-    return {name: {f"p{q}": round(float(np.percentile(v, q)), 2) for q in (50, 90, 99)} | {"n": len(v)}
+    return {name: {**{f"p{q}": round(float(np.percentile(v, q)), 2) for q in (50, 90, 99)}, "n": len(v)}
             for name, v in stages.items()}

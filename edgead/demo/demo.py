@@ -319,8 +319,8 @@ def _report_data(out: Path, product: str, quick: bool, steps: Steps, total_s: fl
         "images": {"train": line.n_fit, "calibration": line.n_cal, "test_good": ev["n_good"],
                    "test_defective": ev["n_defect"]},
         "steps_s": dict(steps.seconds), "total_s": total_s,
-        "evaluation": {k: ev[k] for k in ("image_auroc", "pixel_auroc", "aupro", "f1_max")}
-        | {"per_type": ev.get("per_type", {})},
+        "evaluation": {**{k: ev[k] for k in ("image_auroc", "pixel_auroc", "aupro", "f1_max")},
+                       "per_type": ev.get("per_type", {})},
         "engine": {"backend": _run_backend(belt.record_dir), "built": engine["backend"],
                    "precision": engine["precision"], "batch1_ms": round(belt.latency_ms, 2)},
         "calibration": {"threshold": record["threshold"], "method": record.get("method"),

@@ -66,7 +66,7 @@ def load_config_from_model(model_dir: Path) -> ModelConfig:
     try:
         return ModelConfig.from_dict(data)
     except EdgeADError as err:
-        detail = err.message.removeprefix("config: ")
+        detail = err.message[len("config: "):] if err.message.startswith("config: ") else err.message
         raise EdgeADError(f"model config {path} is not one edgead wrote: {detail}",
                           f"restore the config.yaml the model was trained with, or {RETRAIN}") from None
 

@@ -9,7 +9,7 @@ the teacher there.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, List
 
 import torch
 import torch.nn.functional as F
@@ -19,7 +19,7 @@ from edgead.model.config import ModelConfig, PairSpec, blur_radius
 from edgead.errors import EdgeADError
 from edgead.model.backbones import FeatureExtractor, build_feature_extractor
 
-Features = list[list[Tensor]]   # [pair][layer] -> N x C x h x w
+Features = List[List[Tensor]]   # [pair][layer] -> N x C x h x w
 
 
 def normalise(feature: Tensor) -> Tensor:

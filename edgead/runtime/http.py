@@ -27,7 +27,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable
+from typing import Any, Callable, List, Optional
 
 import cv2
 import numpy as np
@@ -46,7 +46,7 @@ _PAGE = (b"<!doctype html><title>edgead live</title><body style='margin:0;backgr
 VIEW_MIN_HEIGHT = 240
 ACK_PATH = "/alarms/ack"
 
-AckCallback = Callable[[str | None], list[str]]   # (key or None for all) -> the keys acknowledged
+AckCallback = Callable[[Optional[str]], List[str]]   # (key or None for all) -> the keys acknowledged
 
 
 def is_loopback(host: str) -> bool:

@@ -172,7 +172,8 @@ class Quota:
         return deleted, total0 - self.total
 
     def _delete_oldest(self, more: Callable[[], bool], images_only: bool) -> int:
-        deleted, kept = 0, collections.deque[tuple[Path, int]]()
+        deleted = 0
+        kept: collections.deque[tuple[Path, int]] = collections.deque()
         while more() and self.files:
             path, size = self.files.popleft()
             if path in self.protected or (images_only and path.suffix != ".png"):

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import math
 import threading
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Tuple
 
 import numpy as np
 
-Labels = tuple[tuple[str, str], ...]
+Labels = Tuple[Tuple[str, str], ...]   # typing.Tuple: aliases are evaluated at import, on Python 3.8 too
 
 # Seconds, Prometheus convention; dense where deadlines live (1 ms .. 1 s).
 LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)

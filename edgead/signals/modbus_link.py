@@ -2,11 +2,14 @@
 
 pymodbus is imported only when a modbus output or encoder is configured, with an install hint
 when missing. A lost connection is reconnected with backoff, so a dead host is not asked again on
-every call.
+every call. pymodbus 3.10 renamed the unit keyword `slave=` to `device_id=`, and Python 3.8 (JetPack
+5) stops at pymodbus 3.6, so each request names the unit the way the installed client spells it: a
+wrong keyword would not fail but land in `**kwargs`, and the request would go to unit 0.
 """
 
 from __future__ import annotations
 
+import inspect
 import threading
 import time
 from typing import Any
@@ -22,6 +25,15 @@ def _client_class() -> Any:
     return ModbusTcpClient
 
 
+def unit_keyword(method: Any) -> str:
+    """`device_id` (pymodbus >= 3.10) or `slave` (older): how this client method takes the unit id."""
+    try:
+        params = inspect.signature(method).parameters
+    except (TypeError, ValueError):      # not introspectable: assume the current API
+        return "device_id"
+    return "slave" if "slave" in params and "device_id" not in params else "device_id"
+
+
 class ModbusLink:
     """One Modbus TCP connection: calls serialised (pymodbus clients are not thread-safe), reconnect with backoff."""
 
@@ -34,6 +46,7 @@ class ModbusLink:
         self._backoff = backoff_min_s
         self._next_try = 0.0
         self.last_error = ""
+        self._unit_kw: dict[str, str] = {}    # method -> its unit keyword (see unit_keyword)
 
     @property
     def connected(self) -> bool:
@@ -63,8 +76,12 @@ class ModbusLink:
         with self._lock:
             if not self._client.connected:
                 raise ConnectionError(f"not connected to {self.host}:{self.port} ({self.last_error or 'reconnecting'})")
+            request = getattr(self._client, method)
+            unit = self._unit_kw.get(method)
+            if unit is None:
+                unit = self._unit_kw[method] = unit_keyword(request)
             try:
-                reply = getattr(self._client, method)(*args, device_id=self.unit, **kwargs)
+                reply = request(*args, **{unit: self.unit}, **kwargs)
             except ModbusException as err:
                 self._client.close()
                 self.last_error = f"connection to {self.host}:{self.port} lost: {err}"

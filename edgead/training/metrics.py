@@ -16,7 +16,7 @@ Conventions:
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Sequence
+from typing import Sequence, Union
 
 import numpy as np
 
@@ -36,7 +36,7 @@ __all__ = [
 
 NAN = float("nan")
 
-MaskStack = np.ndarray | Sequence[np.ndarray]
+MaskStack = Union[np.ndarray, Sequence[np.ndarray]]
 
 
 class MetricInputError(EdgeADError, ValueError):
