@@ -8,16 +8,20 @@ image goes in and the map and score come back, through pinned host memory on one
 The engines are built by edgead.export.tensorrt_build, which reuses the import, device and logger
 helpers here (export imports backends, never the other way round).
 TensorRT and cuda-python are imported lazily (`pip install "edgead[trt]"`), so importing this
-module needs neither. Supports TensorRT 8.6, 10.x and 11.x.
+module needs neither. Supports TensorRT 8.5 (JetPack 5) to 11.x, and cuda-python 11.8 to 13.x.
 """
 
 from __future__ import annotations
 
 import ctypes
+import functools
 import importlib
+import json
 import logging
+import threading
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 import numpy.typing as npt
@@ -34,6 +38,9 @@ CUDA_HINT = "check the NVIDIA driver (nvidia-smi or tegrastats) and free GPU mem
 ITEMSIZE = {"FLOAT": 4, "HALF": 2, "BF16": 2, "INT32": 4, "INT64": 8, "INT8": 1, "UINT8": 1, "BOOL": 1, "FP8": 1}
 _log = logging.getLogger("edgead.tensorrt")
 _CUDART: Any = None
+_LOGGER: Any = None                       # the process's one TensorRT logger (see logger())
+_SINKS: list[list[str]] = []              # the error lists of the builds and loads under way
+_LOGGER_LOCK = threading.Lock()
 
 
 def require() -> None:
@@ -73,13 +80,52 @@ def _ck(result: Any, call: str) -> Any:
     return values[0] if len(values) == 1 else values
 
 
-def usable() -> bool:
-    """TensorRT and cuda-python importable here (no GPU touched): what backend "auto" should check."""
+@functools.lru_cache(maxsize=None)
+def why_unusable() -> str | None:
+    """Why TensorRT cannot run here (None where it can); probed once per process.
+
+    Importing is not enough: TensorRT and cuda-python import fine where the driver is too old for
+    the CUDA that cuda-python was built for (cuda-python 13 needs a driver >= 580) or there is no
+    GPU, and then the first CUDA call fails. cudaGetDeviceCount is that first call, without
+    creating a CUDA context (no GPU memory is taken by asking).
+    """
     try:
         require()
-    except EdgeADError:
-        return False
-    return True
+        rt = _cudart()
+        err, count = rt.cudaGetDeviceCount()
+        if err == rt.cudaError_t.cudaSuccess and int(count) > 0:
+            return None
+        reason = "no CUDA device" if err == rt.cudaError_t.cudaSuccess else getattr(err, "name", str(err))
+        return f"CUDA does not work here ({reason}{_cuda_versions(rt)})"
+    except EdgeADError as err:
+        return err.message
+    except Exception as exc:  # cuda-python raises (not returns) where libcuda itself cannot be loaded
+        return f"CUDA does not work here ({type(exc).__name__}: {exc})"
+
+
+def _cuda_versions(rt: Any) -> str:
+    """The driver's and cuda-python's CUDA versions, as the tail of why_unusable's reason; where the
+    driver is the older one, the extra whose cuda-python it runs."""
+    try:
+        driver, runtime = int(rt.cudaDriverGetVersion()[1]), int(rt.cudaRuntimeGetVersion()[1])
+    except Exception:         # a version query is only detail for the message
+        return ""
+    if driver == 0:
+        return "; no NVIDIA driver found"
+
+    def text(v: int) -> str:
+        return f"{v // 1000}.{v % 1000 // 10}"
+
+    if driver // 1000 < runtime // 1000:
+        extra = {11: "trt-cuda11", 12: "trt"}.get(driver // 1000, "trt")
+        return (f"; the driver runs CUDA {text(driver)} but cuda-python is built for CUDA {text(runtime)}: "
+                f'pip install "edgead[{extra}]"')
+    return f"; driver CUDA {text(driver)}, cuda-python CUDA {text(runtime)}"
+
+
+def usable() -> bool:
+    """TensorRT and cuda-python import and CUDA sees a GPU: what backend "auto" checks (see why_unusable)."""
+    return why_unusable() is None
 
 
 def trt_version() -> str | None:
@@ -102,23 +148,48 @@ def gpu_identity() -> dict[str, str]:
     return {"gpu": str(name).strip(), "compute_capability": f"{int(props.major)}.{int(props.minor)}"}
 
 
-def make_logger() -> tuple[trt.ILogger, list[str]]:
-    """A TensorRT logger that keeps the errors (for the EdgeADError) and forwards warnings to logging."""
+def logger() -> trt.ILogger:
+    """The one TensorRT logger of this process: it keeps errors for the EdgeADError messages of the
+    builds and loads that capture them (capture_errors) and forwards warnings to logging.
+
+    TensorRT keeps the first logger a process gives it and ignores later ones, so a logger per build
+    or per engine would stay silent from the second on and its error messages lose their detail.
+    """
+    global _LOGGER
     import tensorrt as trt
 
+    with _LOGGER_LOCK:
+        if _LOGGER is None:
+
+            class _Logger(trt.ILogger):  # type: ignore[misc, unused-ignore]  # Any where plain mypy has no stubs
+                def __init__(self) -> None:
+                    trt.ILogger.__init__(self)
+
+                def log(self, severity: trt.ILogger.Severity, msg: str) -> None:
+                    if int(severity) <= int(trt.ILogger.ERROR):
+                        text = " ".join(msg.split())
+                        with _LOGGER_LOCK:
+                            for sink in _SINKS:
+                                sink.append(text)
+                    if int(severity) <= int(trt.ILogger.WARNING):
+                        _log.warning("TensorRT: %s", msg)
+
+            _LOGGER = _Logger()
+        made: trt.ILogger = _LOGGER
+    return made
+
+
+@contextmanager
+def capture_errors() -> Iterator[list[str]]:
+    """The TensorRT errors logged while the block runs (by any thread: TensorRT logs from its own)."""
     errors: list[str] = []
-
-    class _Logger(trt.ILogger):  # type: ignore[misc, unused-ignore]  # Any where plain mypy has no stubs
-        def __init__(self) -> None:
-            trt.ILogger.__init__(self)
-
-        def log(self, severity: trt.ILogger.Severity, msg: str) -> None:
-            if int(severity) <= int(trt.ILogger.ERROR):
-                errors.append(" ".join(msg.split()))
-            if int(severity) <= int(trt.ILogger.WARNING):
-                _log.warning("TensorRT: %s", msg)
-
-    return _Logger(), errors
+    with _LOGGER_LOCK:
+        _SINKS.append(errors)
+    try:
+        yield errors
+    finally:
+        with _LOGGER_LOCK:
+            _SINKS[:] = [sink for sink in _SINKS if sink is not errors]
 
 
 def last_error(errors: list[str]) -> str:
@@ -140,6 +211,39 @@ def check_device(entry: dict[str, Any], manifest: dict[str, Any]) -> None:
             f"rebuild on this device: edgead build-engine --model {model or 'models/NAME'}")
 
 
+def stream_handle(stream: Any) -> int:
+    """The cudaStream_t address TensorRT's execute_async_v3 takes (an int in every TensorRT version).
+
+    cuda-python's own calls take the stream object itself; `int(stream)` is deprecated from
+    cuda-bindings 12.9.1/13 on, which give the address by get_cuda_native_handle instead.
+    """
+    try:
+        native = importlib.import_module("cuda.bindings.utils").get_cuda_native_handle
+    except (ImportError, AttributeError):
+        return int(stream)                                      # cuda-python 11.8 to 12.9.0
+    try:
+        return int(native(stream))
+    except TypeError:                                           # not a cuda-python object: an address already
+        return int(stream)
+
+
+def engine_layers(engine: trt.ICudaEngine, context: trt.IExecutionContext | None = None) -> list[dict[str, Any]]:
+    """The engine's layers as TensorRT's engine inspector reports them (its JSON format).
+
+    Each is a dict with at least "Name"; an engine built with ProfilingVerbosity.DETAILED (as
+    edgead builds them) also has "LayerType" and "Inputs"/"Outputs" with their "Format/Datatype".
+    With a dynamic batch those formats are only known for a context whose input shapes are set.
+    """
+    import tensorrt as trt
+
+    inspector = engine.create_engine_inspector()
+    if context is not None:
+        inspector.execution_context = context
+    info = json.loads(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
+    layers = info.get("Layers", []) if isinstance(info, dict) else []
+    return [layer if isinstance(layer, dict) else {"Name": str(layer)} for layer in layers]
+
+
 def _host_array(ptr: int, shape: tuple[int, ...]) -> npt.NDArray[np.float32]:
     """A float32 numpy view of pinned host memory (valid until close())."""
     buf = (ctypes.c_float * int(np.prod(shape))).from_address(ptr)
@@ -151,7 +255,8 @@ class TensorRTDetector:
 
     Every buffer is allocated once, for max_batch, and bound by tensor name; a call only sets the
     input shapes (when the batch size changes), copies the image in and the map and score out.
-    One stream and one set of buffers: use one detector per thread.
+    One stream and one set of buffers: calls from several threads take turns (a lock), and any
+    thread may call (the CUDA device the detector was opened on is made current for the call).
     """
 
     backend = "tensorrt"
@@ -165,8 +270,10 @@ class TensorRTDetector:
         self._contexts: dict[str, trt.IExecutionContext] = {}
         self._runtime: trt.Runtime | None = None
         self._batch = 0
+        self._lock = threading.Lock()
         require()
         self._rt = _cudart()
+        self._device = int(_ck(self._rt.cudaGetDevice(), "cudaGetDevice"))
         self.precision = str(entry["precision"])
         self.fingerprint = str(entry["fingerprint"])
         self.feature_names = [str(n) for n in manifest["feature_names"]]
@@ -175,16 +282,16 @@ class TensorRTDetector:
                     "student": {"image": True, **{f: True for f in self.feature_names}, "map": False, "score": False}}
         check_device(entry, manifest)
         try:
-            self._open(Path(engine_dir), entry, int(entry["max_batch"]))
+            with capture_errors() as errors:
+                self._open(Path(engine_dir), entry, int(entry["max_batch"]), errors)
         except BaseException:
             self.close()
             raise
 
-    def _open(self, engine_dir: Path, entry: dict[str, Any], max_batch: int) -> None:
+    def _open(self, engine_dir: Path, entry: dict[str, Any], max_batch: int, errors: list[str]) -> None:
         import tensorrt as trt
 
-        self._logger, errors = make_logger()
-        self._runtime = trt.Runtime(self._logger)                 # must outlive its engines
+        self._runtime = trt.Runtime(logger())                     # must outlive its engines
         if entry["device"].get("dla_core") is not None:
             self._runtime.DLA_core = int(entry["device"]["dla_core"])
         for role in ROLES:
@@ -217,6 +324,7 @@ class TensorRTDetector:
         self._min_batch, self.max_batch = int(low[0]), min(max_batch, int(high[0]))
         shapes = self._set_batch(self.max_batch)
         self._stream = _ck(self._rt.cudaStreamCreate(), "cudaStreamCreate")
+        self._stream_ptr = stream_handle(self._stream)
         for name, shape in shapes.items():
             size = int(np.prod(shape)) * ITEMSIZE[dtypes[name]]
             self._dev[name] = int(_ck(self._rt.cudaMalloc(size), "cudaMalloc"))
@@ -247,6 +355,8 @@ class TensorRTDetector:
 
     def _run(self, chunk: npt.NDArray[np.float32]) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
         rt, n = self._rt, len(chunk)
+        if int(_ck(rt.cudaGetDevice(), "cudaGetDevice")) != self._device:   # another thread, another device
+            _ck(rt.cudaSetDevice(self._device), "cudaSetDevice")
         m = max(n, self._min_batch)                                # a static (DLA) profile runs padded
         if m != self._batch:
             self._set_batch(m)
@@ -255,9 +365,10 @@ class TensorRTDetector:
         to_dev, to_host = rt.cudaMemcpyKind.cudaMemcpyHostToDevice, rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
         _ck(rt.cudaMemcpyAsync(self._dev["image"], self._host["image"], m * self._item_bytes["image"], to_dev,
                                self._stream), "cudaMemcpyAsync")
-        for role in ROLES:
-            if not self._contexts[role].execute_async_v3(int(self._stream)):
-                raise EdgeADError(f"TensorRT {role} engine failed to run", CUDA_HINT)
+        with capture_errors() as errors:
+            for role in ROLES:
+                if not self._contexts[role].execute_async_v3(self._stream_ptr):
+                    raise EdgeADError(f"TensorRT {role} engine failed to run{last_error(errors)}", CUDA_HINT)
         for name in ("map", "score"):
             _ck(rt.cudaMemcpyAsync(self._host[name], self._dev[name], n * self._item_bytes[name], to_host,
                                    self._stream), "cudaMemcpyAsync")
@@ -266,6 +377,10 @@ class TensorRTDetector:
 
     def infer(self, batch: npt.NDArray[Any]) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
         """NCHW float32 preprocessed images -> (scores N float32, maps N x h x w float32)."""
+        with self._lock:
+            return self._infer(batch)
+
+    def _infer(self, batch: npt.NDArray[Any]) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
         if not self._contexts:
             raise EdgeADError("this TensorRT detector is closed", "open the engine again with load_detector")
         if batch.ndim != 4 or tuple(batch.shape[1:]) != self.input_shape:
@@ -277,12 +392,25 @@ class TensorRTDetector:
             return np.zeros(0, np.float32), np.zeros((0, *self._map.shape[2:]), np.float32)
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
+    def layers(self) -> dict[str, list[dict[str, Any]]]:
+        """role -> the engine's layers as TensorRT's engine inspector reports them (engine_layers), at
+        the batch size of the last call."""
+        with self._lock:
+            return {role: engine_layers(engine, self._contexts[role]) for role, engine in self._engines.items()}
+
     def bound_addresses(self) -> dict[str, dict[str, int]]:
         """role -> tensor -> the device address its context runs on (the same on every call)."""
         return {role: {n: int(c.get_tensor_address(n)) for n in self._io[role]} for role, c in self._contexts.items()}
 
     def close(self) -> None:
         """Free the device and pinned buffers and the stream; safe to call twice."""
+        lock = getattr(self, "_lock", None)
+        if lock is None:                                          # __init__ failed before the lock
+            return
+        with lock:
+            self._close()
+
+    def _close(self) -> None:
         rt = self._rt
         if rt is None:
             return

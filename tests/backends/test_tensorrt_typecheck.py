@@ -9,8 +9,11 @@ import ctypes
 import enum
 import importlib
 import importlib.metadata
+import logging
 import re
 import sys
+import threading
+import time
 import types
 from pathlib import Path
 from typing import Any
@@ -92,6 +95,11 @@ def no_tensorrt(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
     """edgead.backends.tensorrt imported afresh where neither TensorRT nor cuda-python can be imported."""
     for name in ("tensorrt", "cuda", "cuda.bindings", "cuda.bindings.runtime", "cuda.cudart"):
         monkeypatch.setitem(sys.modules, name, None)
+    import edgead.backends
+    import edgead.backends.tensorrt
+
+    # the package attribute is put back too, so later tests patch the module that later imports get
+    monkeypatch.setattr(edgead.backends, "tensorrt", edgead.backends.tensorrt)
     monkeypatch.delitem(sys.modules, "edgead.backends.tensorrt", raising=False)
     return importlib.import_module("edgead.backends.tensorrt")
 
@@ -134,6 +142,8 @@ def test_tensorrt_stubs_alone_are_not_tensorrt(no_tensorrt: types.ModuleType, mo
 class _Err(enum.IntEnum):
     cudaSuccess = 0
     cudaErrorMemoryAllocation = 2
+    cudaErrorInsufficientDriver = 35
+    cudaErrorNoDevice = 100
 
 
 def test_cuda_errors_are_named(no_tensorrt: types.ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -168,6 +178,8 @@ class _FakeCuda:
 
     def __init__(self) -> None:
         self.mem: dict[int, Any] = {}
+        self.current = threading.local()              # cudaSetDevice is per thread, as in CUDA
+        self.set_device: list[tuple[str, int]] = []
 
     def _alloc(self, size: int) -> tuple[_Err, int]:
         buf = ctypes.create_string_buffer(size)
@@ -193,7 +205,12 @@ class _FakeCuda:
     cudaStreamDestroy = cudaStreamSynchronize
 
     def cudaGetDevice(self) -> tuple[_Err, int]:
-        return _Err.cudaSuccess, 0
+        return _Err.cudaSuccess, getattr(self.current, "device", 0)
+
+    def cudaSetDevice(self, device: int) -> tuple[_Err]:
+        self.current.device = device
+        self.set_device.append((threading.current_thread().name, device))
+        return (_Err.cudaSuccess,)
 
     def cudaGetDeviceProperties(self, device: int) -> tuple[_Err, Any]:
         return _Err.cudaSuccess, types.SimpleNamespace(name=b"Fake GPU\0\0", major=8, minor=7)
@@ -231,6 +248,8 @@ class _FakeContext:
         return self.addr[name]
 
     def execute_async_v3(self, stream: int) -> bool:
+        assert type(stream) is int and stream == 7, stream     # the stream's address, as TensorRT takes it
+        time.sleep(0.0002)              # the GPU's time: another thread may run meanwhile (the GIL is free)
         a = {n: _array(p, (self.batch, *SHAPES[n])) for n, p in self.addr.items()}
         if self.engine.role == "teacher":
             for name in ("t0_0", "t1_0"):
@@ -280,6 +299,9 @@ def fake_runtime(no_tensorrt: types.ModuleType, monkeypatch: pytest.MonkeyPatch,
         ERROR, WARNING = 1, 2
         Severity = int
 
+        def __init__(self) -> None:
+            pass
+
     trt = types.ModuleType("tensorrt")
     trt.__dict__.update(__version__="10.3.0", Builder=object, Runtime=Runtime, ILogger=ILogger,
                         TensorIOMode=types.SimpleNamespace(INPUT="INPUT"))
@@ -325,3 +347,157 @@ def test_detector_flow_on_a_fake_runtime(fake_runtime: Any, low: int) -> None:
     assert cuda.mem == {}
     with pytest.raises(EdgeADError, match="closed"):
         det.infer(x)
+
+
+def test_detector_runs_from_other_threads(fake_runtime: Any) -> None:
+    """Opened on one thread (on device 1), run from others: each call makes the detector's device
+    current in its own thread, and concurrent calls take turns on the one set of buffers."""
+    import numpy as np
+
+    cuda, open_detector = fake_runtime
+    cuda.cudaSetDevice(1)
+    det = open_detector(1)
+    x = np.random.default_rng(1).normal(size=(6, 3, 16, 16)).astype(np.float32)
+    want_scores, want_maps = det.infer(x)
+    results: dict[int, Any] = {}
+
+    def work(k: int) -> None:
+        for _ in range(20):
+            results[k] = det.infer(x[k % 3:k % 3 + 3 + k])
+    threads = [threading.Thread(target=work, args=(k,), name=f"worker{k}") for k in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for k, (scores, maps) in results.items():
+        np.testing.assert_array_equal(scores, want_scores[k % 3:k % 3 + 3 + k])
+        np.testing.assert_array_equal(maps, want_maps[k % 3:k % 3 + 3 + k])
+    assert {(f"worker{k}", 1) for k in range(3)} <= set(cuda.set_device)
+    det.close()
+
+
+def _probe_cuda(**calls: Any) -> Any:
+    fake = types.SimpleNamespace(cudaError_t=_Err, count_calls=0)
+
+    def count() -> Any:
+        fake.count_calls += 1
+        return calls["count"]
+    fake.cudaGetDeviceCount = count
+    fake.cudaDriverGetVersion = lambda: (_Err.cudaSuccess, calls.get("driver", 12060))
+    fake.cudaRuntimeGetVersion = lambda: (_Err.cudaSuccess, calls.get("runtime", 12060))
+    return fake
+
+
+@pytest.fixture
+def importable_trt(no_tensorrt: types.ModuleType, monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
+    """TensorRT and cuda-python import (fakes); what CUDA answers is up to each test."""
+    monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(Builder=object, __version__="10.3.0"))
+    return no_tensorrt
+
+
+@pytest.mark.parametrize("answer, driver, runtime, expected", [
+    ((_Err.cudaSuccess, 1), 12060, 12060, None),
+    ((_Err.cudaSuccess, 0), 12060, 12060, "CUDA does not work here (no CUDA device"),
+    ((_Err.cudaErrorNoDevice, 0), 12060, 12060, "CUDA does not work here (cudaErrorNoDevice"),
+    ((_Err.cudaErrorInsufficientDriver, 0), 12060, 13000,
+     'the driver runs CUDA 12.6 but cuda-python is built for CUDA 13.0: pip install "edgead[trt]"'),
+    ((_Err.cudaErrorInsufficientDriver, 0), 11040, 12060, 'pip install "edgead[trt-cuda11]"'),
+    ((_Err.cudaErrorInsufficientDriver, 0), 0, 12060, "no NVIDIA driver found"),
+], ids=["gpu", "zero-devices", "no-device", "driver-too-old-for-13", "jetpack5-driver", "no-driver"])
+def test_usable_probes_the_device(importable_trt: types.ModuleType, monkeypatch: pytest.MonkeyPatch,
+                                  answer: Any, driver: int, runtime: int, expected: str | None) -> None:
+    """TensorRT importing is not enough: where CUDA fails, auto must fall back to ONNX Runtime and say why."""
+    fake = _probe_cuda(count=answer, driver=driver, runtime=runtime)
+    monkeypatch.setattr(importable_trt, "_CUDART", fake)
+    reason = importable_trt.why_unusable()
+    assert importable_trt.usable() is (expected is None)
+    if expected is None:
+        assert reason is None
+    else:
+        assert reason is not None and expected in reason, reason
+    importable_trt.why_unusable()
+    assert fake.count_calls == 1                   # probed once per process
+
+
+def test_usable_when_cuda_python_cannot_load_the_driver(importable_trt: types.ModuleType,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    def boom() -> Any:
+        raise RuntimeError("Failed to dlopen libcuda.so.1")
+    monkeypatch.setattr(importable_trt, "_CUDART", types.SimpleNamespace(cudaError_t=_Err, cudaGetDeviceCount=boom))
+    assert importable_trt.why_unusable() == "CUDA does not work here (RuntimeError: Failed to dlopen libcuda.so.1)"
+    assert not importable_trt.usable()
+
+
+def test_usable_without_tensorrt_says_what_to_install(no_tensorrt: types.ModuleType) -> None:
+    reason = no_tensorrt.why_unusable()
+    assert reason is not None and reason.startswith("TensorRT is not installed") and INSTALL in reason
+
+
+@pytest.fixture
+def fake_logger_trt(no_tensorrt: types.ModuleType, monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
+    class ILogger:
+        INTERNAL_ERROR, ERROR, WARNING, INFO = 0, 1, 2, 3
+        Severity = int
+
+        def __init__(self) -> None:
+            pass
+    monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(ILogger=ILogger))
+    return no_tensorrt
+
+
+def test_one_logger_per_process_with_scoped_error_lists(fake_logger_trt: types.ModuleType,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    """TensorRT keeps the first logger it is given: every build and load shares one, and each
+    captures only the errors logged while it runs."""
+    trt_logger = fake_logger_trt.logger()
+    assert fake_logger_trt.logger() is trt_logger
+    trt_logger.log(1, "before anyone listens")
+    with fake_logger_trt.capture_errors() as outer:
+        trt_logger.log(1, "parse   failed:\n  node /head/Div")
+        with fake_logger_trt.capture_errors() as inner:
+            trt_logger.log(0, "out of memory")
+            trt_logger.log(3, "built in 2 s")                 # info: kept by neither
+        trt_logger.log(1, "after inner")
+    trt_logger.log(1, "after both")
+    assert outer == ["parse failed: node /head/Div", "out of memory", "after inner"]
+    assert inner == ["out of memory"]
+    assert fake_logger_trt.last_error(inner) == ": out of memory"
+    with caplog.at_level(logging.WARNING, logger="edgead.tensorrt"):
+        trt_logger.log(2, "tactic skipped")
+    assert "TensorRT: tactic skipped" in caplog.text
+
+
+def test_logger_from_threads(fake_logger_trt: types.ModuleType) -> None:
+    """TensorRT logs from its own threads: every error reaches the capture, none is lost."""
+    trt_logger = fake_logger_trt.logger()
+    with fake_logger_trt.capture_errors() as errors:
+        threads = [threading.Thread(target=lambda k=k: [trt_logger.log(1, f"e{k}.{i}") for i in range(200)])
+                   for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert sorted(errors) == sorted(f"e{k}.{i}" for k in range(4) for i in range(200))
+
+
+def test_stream_handle(no_tensorrt: types.ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
+    """TensorRT takes the stream's address as an int; cuda-bindings 12.9.1+ gives it without the
+    deprecated int(stream), older cuda-python only by int()."""
+
+    class Stream:
+        def __int__(self) -> int:
+            return 4096
+    assert no_tensorrt.stream_handle(Stream()) == 4096          # no cuda.bindings.utils: int()
+    utils = types.ModuleType("cuda.bindings.utils")
+    seen: list[Any] = []
+
+    def get_cuda_native_handle(obj: Any) -> int:
+        seen.append(obj)
+        if not isinstance(obj, Stream):
+            raise TypeError("Unknown type")
+        return 8192
+    utils.get_cuda_native_handle = get_cuda_native_handle  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "cuda.bindings.utils", utils)
+    stream = Stream()
+    assert no_tensorrt.stream_handle(stream) == 8192 and seen == [stream]
+    assert no_tensorrt.stream_handle(7) == 7                    # already an address
