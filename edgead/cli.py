@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import platform
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
@@ -15,9 +16,20 @@ from edgead.io import check_input
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
+# Training and export (torch) need Python 3.10+; the edge path also runs on 3.8 (JetPack 5).
+WORKSTATION_PYTHON = (3, 10)
 
 if TYPE_CHECKING:
     _Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
+
+
+def _needs_workstation(what: str) -> None:
+    """Refuse a torch verb on an edge-only Python with one message, before any import can fail."""
+    if sys.version_info < WORKSTATION_PYTHON:
+        raise EdgeADError(f"{what} needs Python {'.'.join(map(str, WORKSTATION_PYTHON))} or newer with torch (this is "
+                          f"Python {platform.python_version()}, which runs the edge path only)",
+                          "train and export on a workstation with Python 3.10+ (pip install \"edgead[train]\"), copy "
+                          "the engine folder here, then use build-engine --engine, calibrate, run and bench")
 
 
 def _overrides(args: argparse.Namespace) -> dict:
@@ -62,6 +74,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    _needs_workstation("train")
     from edgead.model.config import load_config
     import yaml
 
@@ -91,6 +104,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    _needs_workstation("eval")
     from edgead.training.evaluate import evaluate
 
     out = args.out or str(Path(args.model) / "eval")
@@ -110,6 +124,7 @@ def print_metrics(result: dict) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    _needs_workstation("demo")
     from edgead.demo.demo import run_demo
 
     if args.data:
@@ -121,20 +136,26 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_build_engine(args: argparse.Namespace) -> int:
     if args.engine:
-        from edgead.export.build import rebuild_tensorrt
+        from edgead.export.build import add_openvino, rebuild_tensorrt
 
-        if args.out or args.map_size or args.overwrite or args.backend not in ("auto", "tensorrt"):
-            raise EdgeADError("--engine rebuilds TensorRT engines in that folder; --out, --map-size, --overwrite and "
-                              "--backend onnxruntime belong to --model", "drop them, or export again with --model")
+        if args.out or args.map_size or args.overwrite or args.calib_images or args.backend == "onnxruntime":
+            raise EdgeADError("--engine builds TensorRT (or adds OpenVINO) engines in that folder; --out, --map-size, "
+                              "--overwrite, --calib-images and --backend onnxruntime belong to --model",
+                              "drop them, or export again with --model")
+        if args.backend == "openvino":
+            add_openvino(args.engine)
+            return 0
         rebuild_tensorrt(args.engine, precision=args.precision, max_batch=args.max_batch_given,
                          workspace_mib=args.workspace, dla_core=args.dla)
         return 0
+    _needs_workstation("build-engine --model (the ONNX export)")
     from edgead.export.build import build_engine
 
     build_engine(args.model, args.out, backend=args.backend, precision=args.precision,
                  max_batch=8 if args.max_batch_given is None else args.max_batch_given,
                  workspace_mib=args.workspace, dla_core=args.dla,
-                 map_size=tuple(args.map_size) if args.map_size else None, overwrite=args.overwrite)
+                 map_size=tuple(args.map_size) if args.map_size else None, overwrite=args.overwrite,
+                 calib_images=args.calib_images)
     return 0
 
 
@@ -142,8 +163,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from edgead.backends.bench import bench
 
     check_input(args.engine, kind="dir", what="--engine", hint="give an engine folder written by `edgead build-engine`")
+    if args.data:
+        check_input(args.data, kind="dir", what="--data", hint="give an MVTec-layout category root (test/good, "
+                    "test/<defect type>)")
     bench(args.engine, batches=args.batch, iters=args.iters, warmup=args.warmup, with_torch=not args.no_torch,
-          backends=args.backend, out=args.out)
+          backends=args.backend, out=args.out, data=args.data, threads=args.threads)
     return 0
 
 
@@ -318,8 +342,12 @@ def _add_build_engine(sub: _Subparsers) -> None:
     p.add_argument("--out", help="engine folder (default: engines/<model name>)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing engine folder in --out")
     p.add_argument("--backend", choices=["auto", *BACKENDS], default="auto",
-                   help="auto: TensorRT where usable, else ONNX Runtime")
-    p.add_argument("--precision", choices=list(PRECISIONS), default="fp16", help="TensorRT precision")
+                   help="auto: TensorRT where usable, plus ONNX Runtime (and OpenVINO where installed) always; "
+                        "with --engine: tensorrt (default) or openvino")
+    p.add_argument("--precision", choices=list(PRECISIONS), default="fp16",
+                   help="TensorRT precision (int8 needs --calib-images)")
+    p.add_argument("--calib-images", metavar="DIR", help="good parts (50-200, the ones you calibrate the threshold "
+                   "with): adds INT8 engines quantised on them, the fastest on a CPU")
     p.add_argument("--max-batch", type=int, dest="max_batch_given", metavar="N", help="largest batch (default 8; with --engine: "
                    "the folder's)")
     p.add_argument("--workspace", type=int, default=1024, help="TensorRT workspace limit in MiB")
@@ -337,6 +365,9 @@ def _add_bench(sub: _Subparsers) -> None:
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--backend", action="append", help="only this backend (repeatable), e.g. onnxruntime/fp32")
     p.add_argument("--no-torch", action="store_true", help="skip the Torch reference backend")
+    p.add_argument("--data", metavar="DIR", help="MVTec-layout category root: also score its test split with every "
+                   "engine (image AUROC, its change against onnxruntime/fp32, score drift)")
+    p.add_argument("--threads", type=int, metavar="N", help="CPU threads of ONNX Runtime and OpenVINO (default: all)")
     p.add_argument("--out", help="write the results as JSON here")
     p.set_defaults(func=cmd_bench)
 

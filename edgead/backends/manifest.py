@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
@@ -26,8 +27,10 @@ from edgead.schema import Place, at_least, build, is_number, known_keys, mapping
 
 MANIFEST = "manifest.json"
 FORMAT = 2
-BACKENDS = ("tensorrt", "onnxruntime")
-PRECISIONS = ("fp16", "fp32")
+BACKENDS = ("tensorrt", "onnxruntime", "openvino")
+PRECISIONS = ("fp16", "fp32", "int8")
+# What OpenVINO runs: its CPU plugin reads the FP32 and the INT8 (QDQ) ONNX graphs.
+OPENVINO_PRECISIONS = ("fp32", "int8")
 ROLES = ("teacher", "student")
 DAMAGED = "this engine folder was edited or is damaged"
 REBUILD = "rebuild it with `edgead build-engine --model models/NAME`; never edit an engine folder by hand"
@@ -36,6 +39,7 @@ REBUILD = "rebuild it with `edgead build-engine --model models/NAME`; never edit
 # the digest only, so the same model built again (elsewhere, later) keeps its fingerprint.
 RUN_FIELDS = ("preprocess", "input", "feature_names", "feature_shapes", "outputs", "map_size")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+_log = logging.getLogger("edgead.engine")
 
 
 @dataclass(frozen=True)
@@ -74,7 +78,7 @@ class _Entry:
     files: dict[str, Any]
     max_batch: int
     fingerprint: str
-    runtime_version: str | None = None     # ONNX Runtime's version at build time
+    runtime_version: str | None = None     # ONNX Runtime's or OpenVINO's version at build time
     device: dict[str, Any] | None = None   # TensorRT: the GPU and TensorRT version the plans were built for
 
 
@@ -241,6 +245,8 @@ def _check_engines(engines: list[Any], sha256: dict[str, Any], place: Place) -> 
             device = _build(_Device, e.device, p.child("device"))
             at_least(p, "device.dla_core", device.dla_core, 0, optional=True)
         else:
+            need(p, e.backend != "openvino" or e.precision in OPENVINO_PRECISIONS, f"an openvino/{e.precision} "
+                 "engine", f"OpenVINO engines are {' or '.join(OPENVINO_PRECISIONS)}")
             need(p, e.device is None and isinstance(e.runtime_version, str), f"'{p.key('runtime_version')}' or "
                  f"'{p.key('device')}' is wrong for {e.backend}", "expected runtime_version text and no device")
     need(place, sorted(sha256) == sorted(named), f"'sha256' names {sorted(sha256)}",
@@ -274,32 +280,50 @@ def verify_files(engine_dir: Path, manifest: dict[str, Any], entry: dict[str, An
 
 
 def tensorrt_usable() -> bool:
-    """TensorRT and cuda-python importable (checked without touching a GPU)."""
-    from edgead.backends.tensorrt import usable
+    """TensorRT and cuda-python import and CUDA sees a GPU (probed once per process)."""
+    return tensorrt_unusable_reason() is None
 
-    return usable()
+
+def tensorrt_unusable_reason() -> str | None:
+    """Why TensorRT cannot run here (not installed, driver too old for cuda-python, no GPU), or None."""
+    from edgead.backends.tensorrt import why_unusable
+
+    return why_unusable()
+
+
+def default_precision(backend: str, built: list[str]) -> str:
+    """TensorRT runs what it was built in. On a CPU, INT8 where it was built (the user gave calibration
+    images for it: the fastest CPU engine), else FP32 (ONNX Runtime's FP16 graph is slower on a CPU)."""
+    for precision in (("fp16", "int8") if backend == "tensorrt" else ("int8", "fp32")):
+        if precision in built:
+            return precision
+    return built[0]
 
 
 def select_engine(manifest: dict[str, Any], backend: str = "auto", precision: str | None = None,
                   engine_dir: Path | None = None) -> dict[str, Any]:
-    """Pick the engine entry to run: TensorRT where built and usable here, else ONNX Runtime."""
+    """Pick the engine entry to run: TensorRT where built and usable here, else ONNX Runtime (OpenVINO
+    when asked for: `--backend openvino`)."""
     if backend not in ("auto", *BACKENDS):
         raise EdgeADError(f"unknown backend {backend!r}", f"use auto, {', '.join(BACKENDS)}")
     if precision not in (None, *PRECISIONS):
         raise EdgeADError(f"unknown precision {precision!r}", f"use {' or '.join(PRECISIONS)}")
     entries = manifest["engines"]
     if backend == "auto":
-        backend = "tensorrt" if tensorrt_usable() and any(e["backend"] == "tensorrt" for e in entries) else "onnxruntime"
+        backend = "onnxruntime"
+        if any(e["backend"] == "tensorrt" for e in entries):        # only then is the GPU probed
+            reason = tensorrt_unusable_reason()
+            if reason is None:
+                backend = "tensorrt"
+            else:
+                _log.warning("the TensorRT engine of this folder is not used: %s; running ONNX Runtime", reason)
     candidates = [e for e in entries if e["backend"] == backend]
     if not candidates:
         built = ", ".join(f"{e['backend']}/{e['precision']}" for e in entries)
         raise EdgeADError(f"this engine folder has no {backend} engine (it has: {built})",
                           f"rebuild with `edgead build-engine --backend {backend}` on this device")
     if precision is None:
-        # TensorRT runs FP16 as built; on a CPU, ONNX Runtime's FP32 graph is the faster and exact one.
-        precision = "fp16" if backend == "tensorrt" else "fp32"
-        if not any(e["precision"] == precision for e in candidates):
-            precision = candidates[0]["precision"]
+        precision = default_precision(backend, [e["precision"] for e in candidates])
     chosen = [e for e in candidates if e["precision"] == precision]
     if not chosen:
         raise EdgeADError(f"no {backend} engine in {precision} in this folder",

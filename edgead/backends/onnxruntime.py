@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from edgead.backends.batches import checked_batch, infer_in_chunks
 from edgead.errors import EdgeADError
 
 PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
@@ -81,12 +82,6 @@ class OrtDetector:
                               "rebuild with `edgead build-engine`") from exc
         self.on_gpu = self.providers[0] in GPU_PROVIDERS
 
-    def _check(self, batch: np.ndarray) -> np.ndarray:
-        if batch.ndim != 4 or tuple(batch.shape[1:]) != self.input_shape:
-            raise EdgeADError(f"input batch has shape {tuple(batch.shape)}, the engine expects N x {self.input_shape}",
-                              "preprocess frames with the engine's preprocessing (manifest.json: preprocess)")
-        return np.ascontiguousarray(batch, dtype=np.float32)
-
     def _run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self.on_gpu:
             return self._run_bound(batch)
@@ -114,10 +109,4 @@ class OrtDetector:
         return score, amap
 
     def infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        batch = self._check(batch)
-        scores, maps = [], []
-        for i in range(0, len(batch), self.max_batch):
-            s, m = self._run(batch[i:i + self.max_batch])
-            scores.append(np.asarray(s, np.float32).reshape(-1))
-            maps.append(np.asarray(m, np.float32)[:, 0])
-        return np.concatenate(scores), np.concatenate(maps)
+        return infer_in_chunks(self._run, checked_batch(batch, self.input_shape), self.max_batch)

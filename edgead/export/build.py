@@ -29,13 +29,14 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from edgead import __version__
-from edgead.backends.manifest import (BACKENDS, FORMAT, PRECISIONS, read_manifest, tensorrt_usable, verify_files,
-                                      write_manifest)
+from edgead.backends.manifest import (BACKENDS, FORMAT, OPENVINO_PRECISIONS, PRECISIONS, ROLES, read_manifest,
+                                      tensorrt_unusable_reason, verify_files, write_manifest)
 from edgead.errors import EdgeADError
 from edgead.export.tensorrt_build import TIMING_CACHE
 from edgead.io import MIN_FREE_MB, WRITE_ERRORS, check_input, check_output, write_reason
+from edgead.preprocess import PreprocessSpec
 
-NOT_USABLE = "TensorRT is not usable on this machine (tensorrt or cuda-python missing, or no GPU)"
+NOT_USABLE = "TensorRT is not usable on this machine"
 
 
 def _check_precision(precision: str) -> None:
@@ -49,18 +50,56 @@ def _check_max_batch(max_batch: int) -> None:
 
 
 def _check_tensorrt(hint: str) -> None:
-    if not tensorrt_usable():
-        raise EdgeADError(NOT_USABLE, hint)
+    reason = tensorrt_unusable_reason()
+    if reason is not None:
+        raise EdgeADError(f"{NOT_USABLE}: {reason}", hint)
 
 
-def _onnx_entries(graphs: dict[str, Any], fp16: dict[str, Any], max_batch: int) -> list[dict[str, Any]]:
-    """The ONNX Runtime entries: the FP32 graphs, then the FP16 ones."""
+def _onnx_entries(files: dict[str, dict[str, str]], max_batch: int) -> list[dict[str, Any]]:
+    """The ONNX Runtime entries, one per precision -> {role: file} in `files`."""
     import onnxruntime
 
     return [{"backend": "onnxruntime", "precision": precision, "runtime_version": onnxruntime.__version__,
-             "files": {"teacher": pair["teacher"]["file"], "student": pair["student"]["file"]},
-             "max_batch": max_batch}
-            for precision, pair in {"fp32": graphs, "fp16": fp16}.items()]
+             "files": dict(pair), "max_batch": max_batch} for precision, pair in files.items()]
+
+
+def openvino_entries(engine_dir: Path, files: dict[str, dict[str, str]], max_batch: int,
+                     log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """OpenVINO entries for the precisions of `files` it runs (FP32, INT8), each graph compiled once
+    here so that a graph OpenVINO cannot read is found at build time, not on the line. No entries where
+    OpenVINO is not installed (then `build-engine --engine DIR --backend openvino` adds them on the box)."""
+    from edgead.backends import openvino as ov_backend
+
+    if not ov_backend.usable():
+        return []
+    import openvino
+
+    core = openvino.Core()
+    entries = []
+    for precision in OPENVINO_PRECISIONS:
+        if precision not in files:
+            continue
+        for name in files[precision].values():
+            try:
+                core.compile_model(str(engine_dir / name), "CPU", ov_backend.compile_config(1))
+            except Exception as exc:  # OpenVINO's own RuntimeError subclasses
+                log(f"OpenVINO cannot run {name} ({str(exc).splitlines()[0]}); no openvino/{precision} engine")
+                break
+        else:
+            entries.append({"backend": "openvino", "precision": precision, "runtime_version": ov_backend.version(),
+                            "files": dict(files[precision]), "max_batch": max_batch})
+    return entries
+
+
+def _check_calibration(precision: str, calib_images: str | Path | None) -> Path | None:
+    if calib_images is None:
+        if precision == "int8":
+            raise EdgeADError("--precision int8 needs --calib-images: INT8 ranges are measured on good parts",
+                              "add --calib-images DIR with 50-200 good parts from the line (the ones you calibrate "
+                              "the threshold with)")
+        return None
+    return check_input(calib_images, kind="dir", what="--calib-images",
+                       hint="give a folder of good parts from the line, or an MVTec category root")
 
 
 def _manifest(model_dir: Path, model: Any, metadata: dict[str, Any], graphs: dict[str, Any],
@@ -145,9 +184,11 @@ def _replace(stage: Path, out: Path) -> None:
 def build_engine(model_dir: str | Path, out: str | Path | None = None, *, backend: str = "auto",
                  precision: str = "fp16", max_batch: int = 8, workspace_mib: int = 1024, dla_core: int | None = None,
                  map_size: tuple[int, int] | None = None, overwrite: bool = False,
-                 log: Callable[[str], None] = print) -> dict[str, Any]:
+                 calib_images: str | Path | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
     """`build-engine --model`: export the model's ONNX graphs and build the engines; returns the manifest.
 
+    calib_images: good parts to quantise with; given, the folder gets INT8 engines too (and
+    `precision="int8"` builds TensorRT's from the same QDQ graphs).
     An existing, non-empty `out` is refused unless `overwrite`; then it is replaced only once the new
     folder is complete. Every path and the model artifact are checked before the export starts."""
     model_dir = check_input(model_dir, kind="dir", what="--model",
@@ -157,9 +198,11 @@ def build_engine(model_dir: str | Path, out: str | Path | None = None, *, backen
         raise EdgeADError(f"unknown backend {backend!r}", f"use auto, {' or '.join(BACKENDS)}")
     _check_precision(precision)
     _check_max_batch(max_batch)
+    calib_dir = _check_calibration(precision, calib_images)
     if backend == "tensorrt":
         _check_tensorrt('install it with pip install "edgead[trt]" on the Jetson/GPU box, or use --backend onnxruntime')
-    use_trt = backend == "tensorrt" or (backend == "auto" and tensorrt_usable())
+    trt_reason = None if backend == "tensorrt" else tensorrt_unusable_reason() if backend == "auto" else "not asked for"
+    use_trt = backend == "tensorrt" or trt_reason is None
     from edgead.export.onnx import export_onnx, export_onnx_fp16   # torch: the workstation side
     from edgead.model.artifact import WEIGHTS_FILE, load_model
 
@@ -171,20 +214,42 @@ def build_engine(model_dir: str | Path, out: str | Path | None = None, *, backen
     with _staging(out, (TIMING_CACHE,) if use_trt else ()) as stage:
         graphs = export_onnx(model, stage, map_size)
         fp16 = export_onnx_fp16(model, stage, map_size)
-        engines = _onnx_entries(graphs, fp16, max_batch)
+        files = {precision: {role: pair[role]["file"] for role in ROLES} for precision, pair in
+                 (("fp32", graphs), ("fp16", fp16))}
+        if calib_dir is not None:
+            files["int8"] = _quantize(stage, files["fp32"], graphs["feature_names"], calib_dir,
+                                      PreprocessSpec.from_dict(model.cfg.input.to_dict()), log)
+        engines = _onnx_entries(files, max_batch) + openvino_entries(stage, files, max_batch, log)
         if use_trt:
             from edgead.export.tensorrt_build import build_engines
 
             feature_shapes = {n: tuple(shape) for n, shape in graphs["feature_shapes"].items()}
-            engines.insert(0, build_engines(
-                stage, {"teacher": graphs["teacher"]["file"], "student": graphs["student"]["file"]}, precision,
-                max_batch, (model.cfg.input.height, model.cfg.input.width), feature_shapes, workspace_mib, dla_core,
-                {"teacher": fp16["teacher"]["file"], "student": fp16["student"]["file"]}))
+            try:
+                engines.insert(0, build_engines(
+                    stage, files["int8" if precision == "int8" else "fp32"], precision, max_batch,
+                    (model.cfg.input.height, model.cfg.input.width), feature_shapes, workspace_mib, dla_core,
+                    files["fp16"]))
+            except EdgeADError as exc:
+                if backend == "tensorrt":
+                    raise
+                trt_reason = f"its build failed: {exc.message}"     # auto: the ONNX Runtime folder is still whole
         manifest = write_manifest(stage, _manifest(model_dir, model, metadata, graphs, engines))
     built = ", ".join(f"{e['backend']}/{e['precision']}" for e in engines)
     log(f"engines written to {out} ({built}) in {time.perf_counter() - start:.1f} s"
-        + ("" if use_trt else "; TensorRT not usable here, ONNX Runtime will run them"))
+        + ("" if trt_reason is None or backend != "auto" else
+           f"; TensorRT not usable here ({trt_reason}), ONNX Runtime will run them"))
     return manifest
+
+
+def _quantize(stage: Path, fp32: dict[str, str], feature_names: list[str], calib_dir: Path, spec: PreprocessSpec,
+              log: Callable[[str], None]) -> dict[str, str]:
+    from edgead.export.quantize import calibration_images, quantize_pair
+
+    start = time.perf_counter()
+    images = calibration_images(calib_dir, spec, log)
+    files = quantize_pair(stage, fp32, feature_names, images)
+    log(f"INT8 graphs calibrated on {len(images)} good parts from {calib_dir} in {time.perf_counter() - start:.1f} s")
+    return files
 
 
 def _onnx_entry(manifest: dict[str, Any], precision: str) -> dict[str, Any] | None:
@@ -202,28 +267,57 @@ def rebuild_tensorrt(engine_dir: str | Path, *, precision: str = "fp16", max_bat
     manifest = read_manifest(engine_dir)
     _check_precision(precision)
     _check_tensorrt('on a Jetson, TensorRT comes with JetPack; then pip install "edgead[trt]"')
-    fp32 = _onnx_entry(manifest, "fp32")
-    if fp32 is None:
-        raise EdgeADError(f"{engine_dir} has no FP32 ONNX graphs to build TensorRT engines from",
-                          "rebuild the folder with `edgead build-engine --model models/NAME` on the workstation")
-    verify_files(engine_dir, manifest, fp32)   # a half-copied or edited folder must not become an engine
+    source = _onnx_entry(manifest, "int8" if precision == "int8" else "fp32")   # the graphs to build from
+    if source is None:
+        what = "INT8 (QDQ)" if precision == "int8" else "FP32"
+        raise EdgeADError(f"{engine_dir} has no {what} ONNX graphs to build TensorRT engines from",
+                          "export the folder again on the workstation: `edgead build-engine --model models/NAME"
+                          + (" --calib-images DIR`" if precision == "int8" else "`"))
+    verify_files(engine_dir, manifest, source)   # a half-copied or edited folder must not become an engine
     fp16 = _onnx_entry(manifest, "fp16")
     if fp16 is not None:
         verify_files(engine_dir, manifest, fp16)
     trt = next((e for e in manifest["engines"] if e["backend"] == "tensorrt"), None)
-    batch = int(max_batch or (trt or fp32)["max_batch"])      # default: the folder's
+    batch = int(max_batch or (trt or source)["max_batch"])      # default: the folder's
     _check_max_batch(batch)
-    plans_mb = sum((engine_dir / n).stat().st_size for n in fp32["files"].values()) / 2**20
+    plans_mb = sum((engine_dir / n).stat().st_size for n in source["files"].values()) / 2**20
     check_output(engine_dir, kind="dir", what="--engine", overwrite=True, min_free_mb=MIN_FREE_MB + plans_mb)
     from edgead.export.tensorrt_build import build_engines
 
     start = time.perf_counter()
     h, w = manifest["input"]["shape"][2:]
-    entry = build_engines(engine_dir, dict(fp32["files"]), precision, batch, (int(h), int(w)),
+    entry = build_engines(engine_dir, dict(source["files"]), precision, batch, (int(h), int(w)),
                           {n: tuple(s) for n, s in manifest["feature_shapes"].items()}, workspace_mib, dla_core,
                           dict(fp16["files"]) if fp16 else None)
     manifest["engines"] = [entry] + [e for e in manifest["engines"] if e["backend"] != "tensorrt"]
     manifest = write_manifest(engine_dir, manifest)     # the ONNX Runtime entries and fingerprints unchanged
     log(f"TensorRT {entry['device'].get('tensorrt', '')} {precision} engines built in {engine_dir} in "
         f"{time.perf_counter() - start:.1f} s; calibrate them: `edgead calibrate --engine {engine_dir} --good ...`")
+    return manifest
+
+
+def add_openvino(engine_dir: str | Path, *, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """`build-engine --engine DIR --backend openvino`: add (or renew) the OpenVINO entries of a folder on the
+    box that runs them, from its own FP32 and INT8 ONNX graphs; returns the manifest. No torch needed."""
+    from edgead.backends import openvino as ov_backend
+
+    engine_dir = check_input(engine_dir, kind="dir", what="--engine",
+                             hint="give an engine folder exported with `edgead build-engine --model`")
+    manifest = read_manifest(engine_dir)
+    if not ov_backend.usable():
+        raise EdgeADError("OpenVINO is not usable on this machine (not installed, or no CPU device)",
+                          f"{ov_backend.INSTALL}, then run this again")
+    onnx_entries = {p: e for p in OPENVINO_PRECISIONS if (e := _onnx_entry(manifest, p)) is not None}
+    for entry in onnx_entries.values():
+        verify_files(engine_dir, manifest, entry)
+    check_output(engine_dir, kind="dir", what="--engine", overwrite=True, min_free_mb=MIN_FREE_MB)
+    batch = max(int(e["max_batch"]) for e in onnx_entries.values())
+    added = openvino_entries(engine_dir, {p: dict(e["files"]) for p, e in onnx_entries.items()}, batch, log)
+    if not added:
+        raise EdgeADError(f"OpenVINO could not read the graphs of {engine_dir}",
+                          "export the folder again with this edgead version, or use --backend onnxruntime")
+    manifest["engines"] = [e for e in manifest["engines"] if e["backend"] != "openvino"] + added
+    manifest = write_manifest(engine_dir, manifest)
+    log(f"OpenVINO {added[0]['runtime_version']} engines ({', '.join(e['precision'] for e in added)}) added to "
+        f"{engine_dir}; calibrate them: `edgead calibrate --engine {engine_dir} --backend openvino --good ...`")
     return manifest

@@ -47,13 +47,13 @@ def fake_trt(monkeypatch):
     import edgead.export.tensorrt_build as trt_backend
 
     monkeypatch.setattr(trt_backend, "build_engines", build_engines)
-    monkeypatch.setattr(rebuild, "tensorrt_usable", lambda: True)
+    monkeypatch.setattr(rebuild, "tensorrt_unusable_reason", lambda: None)
     return calls
 
 
 def test_rebuild_on_device_needs_no_torch_and_keeps_onnx_entries_valid(exported, fake_trt, monkeypatch, capsys):
     before = json.loads((exported / "manifest.json").read_text())
-    ort_fp = {e["precision"]: e["fingerprint"] for e in before["engines"]}
+    ort_fp = {(e["backend"], e["precision"]): e["fingerprint"] for e in before["engines"]}
     monkeypatch.setitem(sys.modules, "torch", None)     # any `import torch` on this path now fails
     assert main(["build-engine", "--engine", str(exported), "--dla", "0", "--max-batch", "2"]) == 0
     assert "TensorRT 10.3.0 fp16 engines built" in capsys.readouterr().out
@@ -64,12 +64,12 @@ def test_rebuild_on_device_needs_no_torch_and_keeps_onnx_entries_valid(exported,
     assert set(call["feature_shapes"]) == set(before["feature_names"])
     after = json.loads((exported / "manifest.json").read_text())
     assert after["engines"][0]["backend"] == "tensorrt" and after["engines"][0]["max_batch"] == 2
-    assert {e["precision"]: e["fingerprint"] for e in after["engines"][1:]} == ort_fp
-    assert [e["max_batch"] for e in after["engines"][1:]] == [4, 4]     # ONNX Runtime keeps its batch
+    assert {(e["backend"], e["precision"]): e["fingerprint"] for e in after["engines"][1:]} == ort_fp
+    assert {e["max_batch"] for e in after["engines"][1:]} == {4}     # ONNX Runtime (and OpenVINO) keep their batch
     assert after["sha256"]["teacher.fp16.plan"]
     monkeypatch.delitem(sys.modules, "torch")
     det = load_detector(exported, "onnxruntime")        # the ONNX Runtime path still loads and verifies
-    assert det.fingerprint == ort_fp["fp32"] and det.max_batch == 4
+    assert det.fingerprint == ort_fp["onnxruntime", "fp32"] and det.max_batch == 4
     # building again replaces the TensorRT entry instead of adding a second one
     assert main(["build-engine", "--engine", str(exported)]) == 0
     again = json.loads((exported / "manifest.json").read_text())
@@ -109,10 +109,10 @@ def test_rebuild_without_tensorrt_or_from_an_edited_manifest(exported, fake_trt,
     with pytest.raises(EdgeADError, match="has no FP32 ONNX graphs to build TensorRT engines from"):
         rebuild.rebuild_tensorrt(only16, log=lambda s: None)
     assert fake_trt == []
-    monkeypatch.setattr(rebuild, "tensorrt_usable", lambda: False)
+    monkeypatch.setattr(rebuild, "tensorrt_unusable_reason", lambda: "no CUDA device (cudaErrorNoDevice)")
     with pytest.raises(EdgeADError) as e:
         rebuild.rebuild_tensorrt(exported, log=lambda s: None)
-    assert "TensorRT is not usable" in str(e.value) and "JetPack" in e.value.hint
+    assert "TensorRT is not usable" in str(e.value) and "cudaErrorNoDevice" in str(e.value) and "JetPack" in e.value.hint
 
 
 def test_rebuild_into_a_read_only_folder_is_refused_before_building(exported, fake_trt, monkeypatch, capsys):
@@ -128,7 +128,70 @@ def test_rebuild_into_a_read_only_folder_is_refused_before_building(exported, fa
 
 def test_cli_rejects_export_options_with_engine(exported, capsys):
     assert main(["build-engine", "--engine", str(exported), "--map-size", "32", "32"]) == 2
-    assert "--engine rebuilds TensorRT engines" in capsys.readouterr().err
+    assert "--engine builds TensorRT" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["build-engine"])
     assert "one of the arguments --model --engine is required" in capsys.readouterr().err
+
+
+def test_auto_runs_onnx_runtime_and_says_why_where_tensorrt_cannot_run(exported, fake_trt, monkeypatch, caplog):
+    import edgead.backends.manifest as manifest_module
+
+    assert main(["build-engine", "--engine", str(exported)]) == 0
+    monkeypatch.setattr(manifest_module, "tensorrt_unusable_reason",
+                        lambda: "the driver supports CUDA 12.2, cuda-python needs 13.0")
+    with caplog.at_level("WARNING", logger="edgead.engine"):
+        det = load_detector(exported)
+    assert det.backend == "onnxruntime"
+    assert "not used: the driver supports CUDA 12.2" in caplog.text
+
+
+def test_auto_runs_onnx_runtime_where_the_plans_cannot_be_opened(exported, fake_trt, monkeypatch, caplog):
+    import importlib
+
+    import edgead.backends.manifest as manifest_module
+
+    # the module load_detector imports from (another test may have re-imported it since the package's attribute was set)
+    trt_backend = importlib.import_module("edgead.backends.tensorrt")
+    assert main(["build-engine", "--engine", str(exported)]) == 0
+    monkeypatch.setattr(manifest_module, "tensorrt_unusable_reason", lambda: None)
+
+    def other_gpu(*args, **kwargs):
+        raise EdgeADError("this engine was built for another GPU (Orin)", "rebuild it on this device")
+
+    monkeypatch.setattr(trt_backend, "TensorRTDetector", other_gpu)
+    with caplog.at_level("WARNING", logger="edgead.engine"):
+        assert load_detector(exported).backend == "onnxruntime"
+    assert "could not be opened (this engine was built for another GPU" in caplog.text
+    with pytest.raises(EdgeADError, match="another GPU"):
+        load_detector(exported, "tensorrt")                 # asked for by name: no silent substitute
+
+
+def test_a_failed_tensorrt_build_in_auto_still_writes_the_onnx_folder(tiny_model, tmp_path, monkeypatch, capsys):
+    import edgead.export.build as build
+    import edgead.export.tensorrt_build as trt_build
+
+    def fails(*args, **kwargs):
+        raise EdgeADError("TensorRT 10.3.0 failed to build the student engine: out of memory", "try a larger --workspace")
+
+    monkeypatch.setattr(trt_build, "build_engines", fails)
+    monkeypatch.setattr(build, "tensorrt_unusable_reason", lambda: None)
+    assert main(["build-engine", "--model", str(tiny_model), "--out", str(tmp_path / "e")]) == 0
+    out = capsys.readouterr().out
+    assert "TensorRT not usable here (its build failed: TensorRT 10.3.0 failed" in out
+    assert load_detector(tmp_path / "e").backend == "onnxruntime"
+    assert main(["build-engine", "--model", str(tiny_model), "--out", str(tmp_path / "f"), "--backend", "tensorrt"]) == 2
+    assert "out of memory" in capsys.readouterr().err and not (tmp_path / "f").exists()
+
+
+def test_int8_tensorrt_is_built_from_the_qdq_graphs(tiny_model, tiny_product, tmp_path, exported, fake_trt, capsys):
+    from edgead.export.build import build_engine
+
+    assert main(["build-engine", "--engine", str(exported), "--precision", "int8"]) == 2
+    assert "no INT8 (QDQ) ONNX graphs" in capsys.readouterr().err and fake_trt == []
+    folder = tmp_path / "int8"
+    build_engine(tiny_model, folder, max_batch=4, calib_images=tiny_product / "train" / "good", log=lambda s: None)
+    fake_trt.clear()                                  # (build_engine built its TensorRT entry with the stand-in)
+    assert main(["build-engine", "--engine", str(folder), "--precision", "int8"]) == 0
+    assert fake_trt[0]["onnx_files"] == {"teacher": "teacher.int8.onnx", "student": "student.int8.onnx"}
+    assert fake_trt[0]["precision"] == "int8"
