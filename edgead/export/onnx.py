@@ -86,20 +86,27 @@ class HalfStudentGraph(StudentGraph):
 
 
 def _export(module: nn.Module, args: tuple[Tensor, ...], path: Path, input_names: list[str],
-            output_names: list[str]) -> None:
-    dynamic = {name: {0: "batch"} for name in input_names + output_names}
+            outputs: dict[str, tuple[int, ...]], metadata: dict[str, str]) -> None:
+    """One graph: batch dynamic, every other dim as `outputs` (name -> per-image shape) says, and
+    `metadata` in the file's metadata_props."""
+    dynamic = {name: {0: "batch"} for name in [*input_names, *outputs]}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".onnx.tmp")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, args, str(tmp), input_names=input_names, output_names=output_names,
+        torch.onnx.export(module, args, str(tmp), input_names=input_names, output_names=list(outputs),
                           dynamic_axes=dynamic, opset_version=OPSET, dynamo=False, do_constant_folding=True)
-    _simplify(tmp)
+    _finish(tmp, outputs, metadata)
     tmp.replace(path)
 
 
-def _simplify(path: Path) -> None:
-    """Graph rewrites ONNX Runtime does not do itself (edgead.export.onnx_passes); the numbers stay identical."""
+def _finish(path: Path, outputs: dict[str, tuple[int, ...]], metadata: dict[str, str]) -> None:
+    """Graph rewrites ONNX Runtime does not do itself (edgead.export.onnx_passes; the numbers stay
+    identical), the outputs' shapes named right, and the metadata other tools read.
+
+    torch.onnx names the output dims it cannot prove static after a symbol it happened to meet
+    (a feature map's height came out as `batch`): Netron, Triton and the engine builders read those
+    names, so every output is written as batch x its concrete per-image shape."""
     import onnx
 
     from edgead.export.onnx_passes import fold_pads_into_convs, prune_dead_nodes
@@ -107,7 +114,14 @@ def _simplify(path: Path) -> None:
     model = onnx.load(str(path))
     if fold_pads_into_convs(model):
         prune_dead_nodes(model)
-        onnx.save(model, str(path))
+    for value in model.graph.output:
+        dims = value.type.tensor_type.shape.dim
+        del dims[:]
+        dims.add().dim_param = "batch"
+        for size in outputs[value.name]:
+            dims.add().dim_value = int(size)
+    onnx.helper.set_model_props(model, metadata)
+    onnx.save(model, str(path))
 
 
 def check_onnx(path: Path) -> dict[str, Any]:
@@ -129,16 +143,33 @@ def check_onnx(path: Path) -> dict[str, Any]:
             "outputs": {v.name: dims(v) for v in inferred.graph.output}}
 
 
-def _export_graphs(teacher: TeacherGraph, student: StudentGraph, out_dir: Path, suffix: str) -> dict[str, Any]:
+def graph_metadata(model: DualKD, role: str, precision: str, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """What a graph carries for tools that read only the .onnx file: what it is, its input, its preprocessing."""
+    import json
+
+    from edgead import __version__
+
+    spec = model.cfg.input
+    return {"producer": "edgead", "edgead_version": __version__, "role": role, "precision": precision,
+            "preset": str(model.cfg.preset), "input_size": f"{spec.height}x{spec.width}",
+            "preprocess": json.dumps(spec.to_dict(), sort_keys=True), "feature_names": ",".join(feature_names(model)),
+            **(extra or {})}
+
+
+def _export_graphs(teacher: TeacherGraph, student: StudentGraph, out_dir: Path, suffix: str,
+                   metadata: dict[str, str] | None = None) -> dict[str, Any]:
     """Export one teacher/student pair of graphs, check them, return their signatures and shapes."""
     model = teacher.model
     image = torch.randn(2, 3, model.cfg.input.height, model.cfg.input.width)
     names = feature_names(model)
+    precision = "fp16" if suffix else "fp32"
     teacher_path, student_path = out_dir / f"teacher{suffix}.onnx", out_dir / f"student{suffix}.onnx"
-    _export(teacher, (image,), teacher_path, [IMAGE], names)
     feats = teacher(image)
-    _export(student, (image, *feats), student_path, [IMAGE, *names], [MAP, SCORE])
+    _export(teacher, (image,), teacher_path, [IMAGE], {n: tuple(f.shape[1:]) for n, f in zip(names, feats)},
+            graph_metadata(model, "teacher", precision, metadata))
     amap, _ = student(image, *feats)
+    _export(student, (image, *feats), student_path, [IMAGE, *names], {MAP: tuple(amap.shape[1:]), SCORE: ()},
+            graph_metadata(model, "student", precision, metadata))
     return {"teacher": {"file": teacher_path.name, **check_onnx(teacher_path)},
             "student": {"file": student_path.name, **check_onnx(student_path)},
             "feature_names": names,
@@ -148,10 +179,11 @@ def _export_graphs(teacher: TeacherGraph, student: StudentGraph, out_dir: Path, 
 
 
 @torch.no_grad()
-def export_onnx(model: DualKD, out_dir: Path, map_size: tuple[int, int] | None = None) -> dict[str, Any]:
-    """Write teacher.onnx and student.onnx (FP32) into out_dir."""
+def export_onnx(model: DualKD, out_dir: Path, map_size: tuple[int, int] | None = None,
+                metadata: dict[str, str] | None = None) -> dict[str, Any]:
+    """Write teacher.onnx and student.onnx (FP32) into out_dir; `metadata` joins graph_metadata's."""
     model = model.float().cpu().eval()
-    return _export_graphs(TeacherGraph(model), StudentGraph(model, map_size), out_dir, "")
+    return _export_graphs(TeacherGraph(model), StudentGraph(model, map_size), out_dir, "", metadata)
 
 
 @torch.no_grad()
@@ -217,9 +249,10 @@ def _with_folded_batchnorm(model: DualKD) -> DualKD:
 
 
 @torch.no_grad()
-def export_onnx_fp16(model: DualKD, out_dir: Path, map_size: tuple[int, int] | None = None) -> dict[str, Any]:
+def export_onnx_fp16(model: DualKD, out_dir: Path, map_size: tuple[int, int] | None = None,
+                     metadata: dict[str, str] | None = None) -> dict[str, Any]:
     """Write teacher.fp16.onnx and student.fp16.onnx: FP16 weights and convolutions, FP32 inputs,
     outputs and scoring head. This is a strongly-typed graph: each op's precision is in the file.
     BatchNorm is folded into the convolutions in FP32 before the backbones are cast to FP16."""
     half = with_half_backbones(_with_folded_batchnorm(model))
-    return _export_graphs(HalfTeacherGraph(half), HalfStudentGraph(half, map_size), out_dir, ".fp16")
+    return _export_graphs(HalfTeacherGraph(half), HalfStudentGraph(half, map_size), out_dir, ".fp16", metadata)
