@@ -33,7 +33,7 @@ from edgead.backends.manifest import (BACKENDS, FORMAT, OPENVINO_PRECISIONS, PRE
                                       tensorrt_unusable_reason, verify_files, write_manifest)
 from edgead.errors import EdgeADError
 from edgead.export.tensorrt_build import TIMING_CACHE
-from edgead.io import MIN_FREE_MB, WRITE_ERRORS, check_input, check_output, write_reason
+from edgead.io import MIN_FREE_MB, WRITE_ERRORS, check_input, check_output, sha256_file, write_reason
 from edgead.preprocess import PreprocessSpec
 
 NOT_USABLE = "TensorRT is not usable on this machine"
@@ -212,8 +212,10 @@ def build_engine(model_dir: str | Path, out: str | Path | None = None, *, backen
     start = time.perf_counter()
     model, metadata = load_model(model_dir, "cpu")       # a bad config or weights file stops here
     with _staging(out, (TIMING_CACHE,) if use_trt else ()) as stage:
-        graphs = export_onnx(model, stage, map_size)
-        fp16 = export_onnx_fp16(model, stage, map_size)
+        provenance = {"model_fingerprint": sha256_file(model_dir / WEIGHTS_FILE),
+                      "data_fingerprint": str(metadata["data"]["fingerprint"])}
+        graphs = export_onnx(model, stage, map_size, provenance)
+        fp16 = export_onnx_fp16(model, stage, map_size, provenance)
         files = {precision: {role: pair[role]["file"] for role in ROLES} for precision, pair in
                  (("fp32", graphs), ("fp16", fp16))}
         if calib_dir is not None:

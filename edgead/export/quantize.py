@@ -121,5 +121,10 @@ def quantize_pair(out_dir: Path, files: dict[str, str], feature_names: list[str]
     _quantize(out_dir / files["student"], out_dir / out["student"],
               _Reader(_student_batches(images, teacher, feature_names)), head_nodes(student.graph))
     for name in out.values():
+        graph = onnx.load(str(out_dir / name))
+        props = {p.key: p.value for p in graph.metadata_props}
+        if props.get("precision") != "int8":           # the FP32 graph's metadata, carried over: say what it is now
+            onnx.helper.set_model_props(graph, {**props, "precision": "int8"})
+            onnx.save(graph, str(out_dir / name))
         onnx.checker.check_model(str(out_dir / name))
     return out

@@ -62,6 +62,9 @@ def test_int8_graphs_quantise_the_backbones_and_keep_the_head_fp32(engine_int8):
     downstream = {n.name for n in student.node if n.name in set(head_nodes(student))}
     assert not [n for n in student.node if n.name in downstream and n.op_type in ("QuantizeLinear", "DequantizeLinear")]
     assert sum(n.op_type == "DequantizeLinear" for n in student.node) > 10
+    for role in ("teacher", "student"):
+        props = {p.key: p.value for p in onnx.load(str(engine_int8 / f"{role}.int8.onnx")).metadata_props}
+        assert props["precision"] == "int8" and props["role"] == role and len(props["model_fingerprint"]) == 64
 
 
 def test_head_nodes_follow_the_edges():
