@@ -49,9 +49,12 @@ def main(argv: list[str] | None = None) -> int:
                 shutil.copy(p, calib / p.name)
         results[model.name] = {}
         for method in args.methods:
-            quantize.CALIBRATION = method
             folder = args.out / "engines" / f"{model.name}-{method}"
-            build_engine(model, folder, calib_images=calib, overwrite=True, log=lambda s: None)
+            default, quantize.CALIBRATION = quantize.CALIBRATION, method
+            try:
+                build_engine(model, folder, calib_images=calib, overwrite=True, log=lambda s: None)
+            finally:
+                quantize.CALIBRATION = default
             spec = preprocess_spec(read_manifest(folder))
             x, _, _ = load_batch(held, spec)
             s32 = load_detector(folder, "onnxruntime", "fp32").infer(x)[0]

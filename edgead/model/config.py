@@ -70,6 +70,9 @@ class TrainSpec:
     # re-estimated first), so the weights adapt to the statistics inference uses: trained on batch
     # statistics only, the deep student is far off on single good images (docs/benchmarks.md).
     bn_frozen_fraction: float = 0.25
+    # Train on the hardest fraction of feature elements only (EfficientAD's top-q loss; 0.001 is its
+    # q = 0.999); None: the plain mean. Validation and early stopping always use the plain mean.
+    hard_fraction: float | None = None
 
 
 @dataclass
@@ -226,6 +229,9 @@ def _check_train(t: TrainSpec) -> None:
     need(TRAIN, is_number(t.bn_frozen_fraction) and 0 <= t.bn_frozen_fraction < 1,
          f"'train.bn_frozen_fraction' has a bad value {t.bn_frozen_fraction!r}",
          "use a fraction of the epochs in [0, 1): 0 trains on batch statistics throughout")
+    need(TRAIN, t.hard_fraction is None or (is_number(t.hard_fraction) and 0 < t.hard_fraction <= 1),
+         f"'train.hard_fraction' has a bad value {t.hard_fraction!r}",
+         "use null (the plain mean), or a fraction in (0, 1]: 0.001 is EfficientAD's top 0.1 %")
 
 
 PRESETS: dict[str, dict[str, Any]] = {

@@ -32,11 +32,23 @@ def discrepancy(teacher: Tensor, student: Tensor) -> Tensor:
     return 0.5 * (normalise(teacher) - normalise(student)).pow(2).sum(dim=1, keepdim=True)
 
 
-def kd_loss(teacher: Features, student: Features) -> Tensor:
-    """Sum over pairs of the discrepancy averaged over positions and layers."""
+def hard_loss(teacher: Tensor, student: Tensor, fraction: float) -> Tensor:
+    """EfficientAD's hard-feature loss: the mean of the largest `fraction` of the elementwise squared
+    differences of the normalised features, so training spends itself where the student is still
+    wrong instead of on the many positions it already imitates."""
+    d = 0.5 * (normalise(teacher) - normalise(student)).pow(2)
+    k = max(1, int(d.numel() * fraction))
+    return d.flatten().topk(k, sorted=False).values.mean()
+
+
+def kd_loss(teacher: Features, student: Features, hard_fraction: float | None = None) -> Tensor:
+    """Sum over pairs of the discrepancy averaged over positions and layers (with hard_fraction: of
+    each layer's hard-feature loss instead)."""
     total = teacher[0][0].new_zeros(())
     for t_layers, s_layers in zip(teacher, student):
-        total = total + sum(discrepancy(t, s).mean() for t, s in zip(t_layers, s_layers)) / len(t_layers)
+        losses = [discrepancy(t, s).mean() if hard_fraction is None else hard_loss(t, s, hard_fraction)
+                  for t, s in zip(t_layers, s_layers)]
+        total = total + sum(losses) / len(t_layers)
     return total
 
 

@@ -214,7 +214,8 @@ def _epochs(out: Path, cfg: ModelConfig, model: DualKD, im: _Images, dev: torch.
                 freeze_batchnorm(model)
             running = 0.0
             for idx in batches(len(im.train), cfg.train.batch_size, rng):
-                loss = kd_loss(take(im.train_cache, idx, dev), model.student_features(im.train[idx].to(dev)))
+                loss = kd_loss(take(im.train_cache, idx, dev), model.student_features(im.train[idx].to(dev)),
+                               cfg.train.hard_fraction)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

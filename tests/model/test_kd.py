@@ -29,6 +29,21 @@ def test_loss_averages_positions_and_layers_and_sums_pairs():
     assert torch.allclose(kd_loss(t, s), pair0 + pair1)
 
 
+def test_hard_loss_averages_only_the_largest_elements():
+    """EfficientAD's top-q loss: the mean of the largest fraction of the elementwise squared
+    differences; the whole fraction is the plain elementwise mean, and gradients reach only those."""
+    from edgead.model.kd import hard_loss
+
+    t, s = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8, requires_grad=True)
+    elements = (0.5 * (normalise(t) - normalise(s)).pow(2)).flatten()
+    top = elements.sort(descending=True).values
+    assert torch.allclose(hard_loss(t, s, 0.01), top[:5].mean())            # 1 % of 512 elements: 5
+    assert torch.allclose(hard_loss(t, s, 1.0), elements.mean())
+    assert torch.allclose(kd_loss([[t]], [[s]], 1.0) * 4, kd_loss([[t]], [[s]]), rtol=1e-5)   # 4 channels summed
+    hard_loss(t, s, 0.001).backward()                                          # one element: one position
+    assert int((s.grad.abs().sum(1) > 0).sum()) == 1
+
+
 def _head(fusion="multiplicative", sigma=4.0):
     return ScoringHead((32, 48), fusion, sigma)
 
