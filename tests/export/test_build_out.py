@@ -73,7 +73,7 @@ def test_a_failed_overwrite_leaves_the_earlier_folder(tiny_model, tmp_path, monk
     before = _old_engine(out)
     written: list[Path] = []
 
-    def disk_full(model, out_dir, map_size=None):      # the FP32 graphs are written, then the disk is full
+    def disk_full(model, out_dir, map_size=None, metadata=None):    # the FP32 graphs are written, then the disk is full
         written.extend(Path(out_dir).iterdir())
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(Path(out_dir) / "teacher.fp16.onnx"))
 
