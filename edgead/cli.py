@@ -199,6 +199,14 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    from edgead.decide.predict import EXIT_UNREADABLE, predict
+
+    summary = predict(args.engine, args.calibration, args.data, args.out, backend=args.backend or "auto",
+                      precision=args.precision, skip_bad=args.skip_bad, force=args.force, overwrite=args.overwrite)
+    return EXIT_UNREADABLE if summary["unreadable"] else 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from edgead.runtime.run import run
     from edgead.runtime.config import load_run_config
@@ -284,8 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      "train on good parts, inspect every part in milliseconds.")
     parser.add_argument("--version", action="version", version=f"edgead {__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
-    for add in (_add_synth, _add_train, _add_eval, _add_build_engine, _add_bench, _add_calibrate, _add_run,
-                _add_signals, _add_outbox, _add_alarm, _add_demo):
+    for add in (_add_synth, _add_train, _add_eval, _add_build_engine, _add_bench, _add_calibrate, _add_predict,
+                _add_run, _add_signals, _add_outbox, _add_alarm, _add_demo):
         add(sub)
     return parser
 
@@ -396,6 +404,23 @@ def _add_calibrate(sub: _Subparsers) -> None:
                    help="--check with a record from another engine, or an edited or unverifiable one (unsafe, warned)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing record at --out")
     p.set_defaults(func=cmd_calibrate)
+
+
+def _add_predict(sub: _Subparsers) -> None:
+    p = sub.add_parser("predict", help="score a folder of images offline: predictions.csv and overlays of the rejects",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="exit codes: 0 every image scored, 2 user error (message on stderr), 6 some images were "
+                              "unreadable (with --skip-bad: rows with decision `unreadable`)")
+    p.add_argument("--engine", required=True, help="engine folder (engines/NAME)")
+    p.add_argument("--calibration", required=True, help="calibration record of that engine (calibration/NAME.yaml)")
+    p.add_argument("--data", required=True, help="folder of images (subfolders are read too)")
+    p.add_argument("--out", required=True, help="results folder: predictions.csv, summary.json, rejects/")
+    p.add_argument("--overwrite", action="store_true", help="replace the results in an existing --out")
+    p.add_argument("--skip-bad", action="store_true", help="record unreadable images as `unreadable` instead of stopping")
+    p.add_argument("--force", action="store_true", help="use a calibration made with another engine (unsafe, warned)")
+    p.add_argument("--backend", choices=["auto", *BACKENDS])
+    p.add_argument("--precision", choices=list(PRECISIONS))
+    p.set_defaults(func=cmd_predict)
 
 
 def _add_run(sub: _Subparsers) -> None:

@@ -351,11 +351,12 @@ def load_calibration(path: str | Path, detector: Detector, force: bool = False) 
 # ---------------------------------------------------------------- applying it
 
 
-def decide(score: float, amap: np.ndarray | None, calibration: dict[str, Any]) -> bool:
-    """True = reject. The area rule when the record has one, else score > threshold; NaN rejects (fail safe)."""
+def decision_value(score: float, amap: np.ndarray | None, calibration: dict[str, Any]) -> tuple[float, float]:
+    """(what is compared, the threshold it is compared with): the image score and the threshold, or with
+    the area rule the map's min_area_px-th largest pixel and the pixel threshold."""
     area = calibration["area"]
     if area is None:
-        return not float(score) <= calibration["threshold"]
+        return float(score), float(calibration["threshold"])
     if amap is None:
         raise EdgeADError("this calibration uses the area rule, which needs the anomaly map",
                           "pass the map returned by the detector")
@@ -364,4 +365,10 @@ def decide(score: float, amap: np.ndarray | None, calibration: dict[str, Any]) -
     if k < 0:
         raise EdgeADError(f"the anomaly map has {flat.size} pixels, fewer than the record's minimum area "
                           f"{area['min_area_px']}", _RECALIBRATE)
-    return not float(np.partition(flat, k)[k]) <= area["pixel_threshold"]
+    return float(np.partition(flat, k)[k]), float(area["pixel_threshold"])
+
+
+def decide(score: float, amap: np.ndarray | None, calibration: dict[str, Any]) -> bool:
+    """True = reject. The area rule when the record has one, else score > threshold; NaN rejects (fail safe)."""
+    value, threshold = decision_value(score, amap, calibration)
+    return not value <= threshold

@@ -137,7 +137,8 @@ def overlays(engine: Path, calibration: dict[str, Any], paths: list[str]) -> lis
     from edgead.data.images import read_image
     from edgead.runtime.overlay import heatmap_overlay
     from edgead.preprocess import preprocess, to_display
-    from edgead.runtime.run import engine_preprocessing, heat_range
+    from edgead.runtime.overlay import heat_range
+    from edgead.runtime.run import engine_preprocessing
 
     if not paths:
         return []

@@ -7,6 +7,8 @@ numpy and OpenCV only.
 
 from __future__ import annotations
 
+from typing import Any
+
 import cv2
 import numpy as np
 
@@ -43,3 +45,13 @@ def heatmap_overlay(
     heat = cv2.cvtColor(cv2.applyColorMap(u8, cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
     a = float(np.clip(alpha, 0.0, 1.0))
     return cv2.addWeighted(img, 1.0 - a, heat, a, 0.0)
+
+
+def heat_range(calibration: dict[str, Any]) -> tuple[float, float]:
+    """Fixed heatmap colour scale: a typical good part's peak at the bottom, the threshold near the top (red)."""
+    area = calibration.get("area")
+    t = float(area["pixel_threshold"] if area else calibration["threshold"])
+    stats = (calibration.get("good") or {}).get("area_scores" if area else "scores") or {}
+    lo = float(stats.get("p50", t - 1.0))
+    lo = min(lo, t - 1e-6)
+    return lo, t + 0.25 * (t - lo)

@@ -31,6 +31,7 @@ from edgead.preprocess import PreprocessSpec
 from edgead.protocols import Detector, FrameSource, RejectSink
 from edgead.runtime.config import RunConfig, parse_listen
 from edgead.runtime.loop import Loop, LoopOptions
+from edgead.runtime.overlay import heat_range
 from edgead.runtime.recorder import Recorder
 from edgead.runtime.telemetry import RunMetrics
 from edgead.signals.group import SinkGroup
@@ -73,16 +74,6 @@ def check_roi(engine_spec: PreprocessSpec, roi: tuple[int, int, int, int] | None
         f"WARNING: the ROI is moved from x={x} y={y} to x={roi[0]} y={roi[1]} (size {w}x{h} kept): the engine was "
         "calibrated on the old position; the false-reject and escape rates only hold if the part moved in the "
         "image by exactly this much. Check with `edgead calibrate --check` on frames cropped this way.")
-
-
-def heat_range(calibration: dict[str, Any]) -> tuple[float, float]:
-    """Fixed heatmap colour scale: a typical good part's peak at the bottom, the threshold near the top (red)."""
-    area = calibration.get("area")
-    t = float(area["pixel_threshold"] if area else calibration["threshold"])
-    stats = (calibration.get("good") or {}).get("area_scores" if area else "scores") or {}
-    lo = float(stats.get("p50", t - 1.0))
-    lo = min(lo, t - 1e-6)
-    return lo, t + 0.25 * (t - lo)
 
 
 def _is_replay(source: str) -> bool:

@@ -1,0 +1,104 @@
+"""`edgead predict`: score a folder of images offline with an engine and its calibration, no live loop.
+
+What a user reaches for first on a new batch of parts: every image of the folder (and its subfolders)
+is scored by the engine the line runs and decided with the line's own rule (`record.decide`, the
+calibrated threshold or the area rule). `predictions.csv` gets one row per image: its path relative
+to the folder, score, decision and margin (how far above or below the threshold it is, in the units
+of the rule); `rejects/` an overlay of the anomaly map for every reject; `summary.json` the counts.
+An unreadable image is never a pass: without `--skip-bad` it stops the job, with it it is a row with
+decision `unreadable` and the job exits 6, as `run` does for unreadable frames.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from edgead.backends import load_detector
+from edgead.backends.manifest import engine_preprocessing
+from edgead.data.images import IMAGE_EXTENSIONS, read_image
+from edgead.decide.record import decision_value, load_calibration
+from edgead.errors import EdgeADError
+from edgead.io import atomic_write_bytes, atomic_write_json, check_input, check_output, png_bytes
+from edgead.preprocess import preprocess, to_display
+from edgead.runtime.overlay import heat_range, heatmap_overlay
+
+CHUNK = 16                 # images scored at a time: maps never pile up in memory
+EXIT_UNREADABLE = 6        # as `edgead run` for a recording with unreadable frames
+COLUMNS = ("file", "score", "decision", "margin")
+
+
+def image_files(folder: Path) -> list[Path]:
+    """Every image under `folder`, subfolders included, sorted; hidden files (macOS '._' copies) skipped."""
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
+def _overlay_name(relative: Path) -> str:
+    return "__".join(relative.with_suffix("").parts) + "-overlay.png"
+
+
+def predict(engine: str | Path, calibration: str | Path, data: str | Path, out: str | Path, *,
+            backend: str = "auto", precision: str | None = None, skip_bad: bool = False, force: bool = False,
+            overwrite: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Score and decide every image under `data`; write the CSV, the reject overlays and the summary."""
+    data = check_input(data, kind="dir", what="--data", hint="give a folder of images (subfolders are read too)")
+    check_input(engine, kind="dir", what="--engine", hint="give an engine folder written by `edgead build-engine`")
+    check_input(calibration, kind="file", what="--calibration",
+                hint="give the record written by `edgead calibrate` (calibration/NAME.yaml)")
+    paths = image_files(data)
+    if not paths:
+        raise EdgeADError(f"no images under {data}", "give a folder of PNG, JPG, BMP or TIFF images")
+    out = check_output(out, kind="dir", what="--out", overwrite=overwrite)
+    detector = load_detector(engine, backend, precision)
+    record = load_calibration(calibration, detector, force)
+    spec = engine_preprocessing(engine)
+    vrange = heat_range(record)
+    if (out / "rejects").is_dir():                    # --overwrite: an earlier job's overlays must not linger
+        shutil.rmtree(out / "rejects")
+    (out / "rejects").mkdir(parents=True)
+    rows: list[dict[str, Any]] = []
+    for start in range(0, len(paths), CHUNK):
+        images, kept = [], []
+        for path in paths[start:start + CHUNK]:
+            try:
+                images.append(read_image(path))
+                kept.append(path)
+            except EdgeADError as exc:
+                if not skip_bad:
+                    raise EdgeADError(f"{path}: {exc.message}", "fix or remove it, or pass --skip-bad") from exc
+                log(f"WARNING: {path} is unreadable ({exc.message}): recorded as unreadable, not passed")
+                rows.append({"file": str(path.relative_to(data)), "score": "", "decision": "unreadable", "margin": ""})
+        if not kept:
+            continue
+        scores, maps = detector.infer(np.stack([preprocess(im, spec) for im in images]))
+        for path, image, score, amap in zip(kept, images, scores, maps):
+            value, threshold = decision_value(float(score), amap, record)
+            reject = not value <= threshold                     # NaN rejects, as record.decide
+            relative = path.relative_to(data)
+            rows.append({"file": str(relative), "score": f"{float(score):.6g}",
+                         "decision": "reject" if reject else "pass", "margin": f"{value - threshold:.6g}"})
+            if reject:
+                overlay = heatmap_overlay(to_display(image, spec), amap, *vrange)
+                atomic_write_bytes(out / "rejects" / _overlay_name(relative), png_bytes(overlay))
+    rows.sort(key=lambda r: r["file"])
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_bytes(out / "predictions.csv", buffer.getvalue().encode())
+    counts = {d: sum(r["decision"] == d for r in rows) for d in ("pass", "reject", "unreadable")}
+    summary = {"images": len(rows), **counts, "threshold": record["threshold"], "area_rule": record["area"] is not None,
+               "engine": {"path": str(Path(engine).resolve()), "backend": detector.backend,
+                          "precision": detector.precision}, "data": str(data.resolve())}
+    atomic_write_json(out / "summary.json", summary)
+    log(f"{len(rows)} images: {counts['pass']} passed, {counts['reject']} rejected"
+        + (f", {counts['unreadable']} UNREADABLE (not passed)" if counts["unreadable"] else "")
+        + f" ({detector.backend}/{detector.precision}, threshold {record['threshold']:.6g}); "
+          f"{out / 'predictions.csv'}, overlays of the rejects in {out / 'rejects'}")
+    return summary
