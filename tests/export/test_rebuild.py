@@ -19,12 +19,20 @@ from edgead.cli import main
 from edgead.errors import EdgeADError
 
 
-@pytest.fixture()
-def exported(tiny_model, tmp_path_factory):
+@pytest.fixture(scope="module")
+def pristine(tiny_model, tmp_path_factory):
+    """One export for the module; each test gets its own copy to change (a copy costs far less than an export)."""
     from edgead.export.build import build_engine
 
-    out = tmp_path_factory.mktemp("exported") / "tiny"
+    out = tmp_path_factory.mktemp("pristine") / "tiny"
     build_engine(tiny_model, out, max_batch=4, log=lambda s: None)
+    return out
+
+
+@pytest.fixture()
+def exported(pristine, tmp_path_factory):
+    out = tmp_path_factory.mktemp("exported") / "tiny"
+    shutil.copytree(pristine, out)
     return out
 
 
