@@ -27,8 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from edgead.backends import load_detector
-from edgead.backends.bench import REFERENCE, accuracy, time_interleaved
+from edgead.backends.bench import REFERENCE, accuracy, available_detectors, time_interleaved
 from edgead.backends.manifest import preprocess_spec, read_manifest
 from edgead.export.build import build_engine
 from edgead.io import atomic_write_json
@@ -48,9 +47,9 @@ def engines_of(model: Path, out: Path) -> Path:
 
 
 def detectors(folder: Path, threads: int | None) -> dict[str, Any]:
-    manifest = read_manifest(folder)
-    return {f"{e['backend']}/{e['precision']}": load_detector(folder, e["backend"], e["precision"], threads=threads)
-            for e in manifest["engines"] if e["backend"] != "tensorrt"}
+    """Every engine of the folder this machine runs (what `edgead bench` times), without the Torch reference."""
+    factories = available_detectors(folder, read_manifest(folder), with_torch=False, threads=threads)
+    return {name: factory() for name, factory in factories.items()}
 
 
 def speed(folder: Path, batches: list[int], iters: int, warmup: int, threads: int | None) -> list[dict[str, Any]]:

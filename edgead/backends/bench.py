@@ -106,8 +106,9 @@ def accuracy(dets: dict[str, Detector], data: Path, spec: PreprocessSpec, batch:
     joined = {n: np.concatenate(s) for n, s in scores.items()}
     ref = joined.get(REFERENCE, next(iter(joined.values())))
     spread = float(ref.max() - ref.min()) or 1.0
+    aurocs = {n: auroc(labels, s) for n, s in joined.items()}
     ref_auroc = auroc(labels, ref)
-    return {n: {"image_auroc": auroc(labels, s), "auroc_change": auroc(labels, s) - ref_auroc,
+    return {n: {"image_auroc": aurocs[n], "auroc_change": aurocs[n] - ref_auroc,
                 "score_drift": float(np.abs(s - ref).max()) / spread} for n, s in joined.items()}
 
 

@@ -21,11 +21,13 @@ import numpy as np
 
 from edgead.backends import load_detector
 from edgead.backends.manifest import engine_preprocessing
-from edgead.data.images import IMAGE_EXTENSIONS, read_image
+from edgead.data.images import IMAGE_EXTENSIONS
 from edgead.decide.record import decision_value, load_calibration
+from edgead.decide.scoring import read_input
+from edgead.decide.text import stderr
 from edgead.errors import EdgeADError
 from edgead.io import atomic_write_bytes, atomic_write_json, check_input, check_output, png_bytes
-from edgead.preprocess import preprocess, to_display
+from edgead.preprocess import to_display
 from edgead.runtime.overlay import heat_range, heatmap_overlay
 
 CHUNK = 16                 # images scored at a time: maps never pile up in memory
@@ -64,19 +66,18 @@ def predict(engine: str | Path, calibration: str | Path, data: str | Path, out: 
     (out / "rejects").mkdir(parents=True)
     rows: list[dict[str, Any]] = []
     for start in range(0, len(paths), CHUNK):
-        images, kept = [], []
+        images, inputs, kept = [], [], []
         for path in paths[start:start + CHUNK]:
-            try:
-                images.append(read_image(path))
-                kept.append(path)
-            except EdgeADError as exc:
-                if not skip_bad:
-                    raise EdgeADError(f"{path}: {exc.message}", "fix or remove it, or pass --skip-bad") from exc
-                log(f"WARNING: {path} is unreadable ({exc.message}): recorded as unreadable, not passed")
+            got = read_input(path, spec, skip_bad, stderr, skipped="recording as unreadable (not passed):")
+            if got is None:
                 rows.append({"file": str(path.relative_to(data)), "score": "", "decision": "unreadable", "margin": ""})
+                continue
+            images.append(got[0])
+            inputs.append(got[1])
+            kept.append(path)
         if not kept:
             continue
-        scores, maps = detector.infer(np.stack([preprocess(im, spec) for im in images]))
+        scores, maps = detector.infer(np.stack(inputs))
         for path, image, score, amap in zip(kept, images, scores, maps):
             value, threshold = decision_value(float(score), amap, record)
             reject = not value <= threshold                     # NaN rejects, as record.decide

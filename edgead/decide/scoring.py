@@ -45,6 +45,21 @@ def source_hw(image: np.ndarray, spec: PreprocessSpec) -> tuple[int, int]:
     return int(image.shape[0]), int(image.shape[1])
 
 
+def read_input(path: str | Path, spec: PreprocessSpec, skip_bad: bool, warn: Log,
+               skipped: str = "skipping") -> tuple[np.ndarray, np.ndarray] | None:
+    """An image file and its engine input. Unreadable (or not preprocessable): raises with the
+    --skip-bad hint, or with skip_bad warns (`skipped` says what becomes of it) and returns None."""
+    try:
+        image = read_image(path)
+        return image, preprocess(image, spec)
+    except EdgeADError as e:
+        if not skip_bad:
+            msg = e.message if str(path) in e.message else f"{path}: {e.message}"
+            raise EdgeADError(msg, "fix or remove it, or pass --skip-bad") from e
+        warn(f"WARNING: {skipped} {path}: {e.message}")
+        return None
+
+
 def score_images(detector: Detector, spec: PreprocessSpec, paths: Sequence[Path], min_area_px: int | None = None,
                  skip_bad: bool = False, warn: Log = stderr) -> Scored:
     """Read, preprocess and score images in chunks; unreadable ones raise, or are skipped with skip_bad."""
@@ -61,18 +76,12 @@ def score_images(detector: Detector, spec: PreprocessSpec, paths: Sequence[Path]
         batch.clear()
 
     for p in paths:
-        try:
-            image = read_image(p)
-            hw = source_hw(image, spec)
-            x = preprocess(image, spec)
-        except EdgeADError as e:
-            if not skip_bad:
-                msg = e.message if str(p) in e.message else f"{p}: {e.message}"
-                raise EdgeADError(msg, "fix or remove it, or pass --skip-bad") from e
-            warn(f"WARNING: skipping {p}: {e.message}")
+        got = read_input(p, spec, skip_bad, warn)
+        if got is None:
             out.bad.append(Path(p))
             continue
-        out.sizes.add(hw)
+        image, x = got
+        out.sizes.add(source_hw(image, spec))
         out.paths.append(Path(p))
         batch.append(x)
         if len(batch) == CHUNK:

@@ -220,7 +220,7 @@ def build_engine(model_dir: str | Path, out: str | Path | None = None, *, backen
                  (("fp32", graphs), ("fp16", fp16))}
         if calib_dir is not None:
             files["int8"] = _quantize(stage, files["fp32"], graphs["feature_names"], calib_dir,
-                                      PreprocessSpec.from_dict(model.cfg.input.to_dict()), log)
+                                      model.cfg.input, log)
         engines = _onnx_entries(files, max_batch) + openvino_entries(stage, files, max_batch, log)
         if use_trt:
             from edgead.export.tensorrt_build import build_engines

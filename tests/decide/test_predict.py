@@ -68,7 +68,9 @@ def test_an_unreadable_image_stops_or_is_recorded_never_passed(engine, calibrate
     assert main([*args, "--skip-bad", "--overwrite"]) == EXIT_UNREADABLE
     row = next(r for r in _rows(out) if r["file"].endswith("broken.png"))
     assert row["decision"] == "unreadable" and row["score"] == ""
-    assert "1 UNREADABLE (not passed)" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "1 UNREADABLE (not passed)" in captured.out
+    assert "WARNING: recording as unreadable (not passed):" in captured.err and "broken.png" in captured.err
 
 
 def test_predict_refuses_what_a_user_can_get_wrong(engine, calibrated, folder, tmp_path, capsys):
