@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import Counter
 from typing import Callable
 
@@ -37,6 +38,7 @@ class SinkBase:
         self._health = SinkHealth(False, "starting")
         self._health_lock = threading.Lock()
         self._failed = False            # a failure was reported and has not recovered yet
+        self.last_delivery: float | None = None   # wall time of the last event or pulse the peer took
 
     def reject(self, event: InspectionEvent) -> None:
         raise NotImplementedError
@@ -58,6 +60,20 @@ class SinkBase:
     def undelivered(self) -> dict[str, object] | None:
         """{"count": n, "where": outbox folder, ...} when events were not delivered; None when all were."""
         return None
+
+    def _delivered(self, n: int = 1) -> None:
+        """The peer took n events or a pulse: counted, and the time shown per output in /health."""
+        self.stats["delivered"] += n
+        self.last_delivery = time.time()
+
+    def status(self) -> dict[str, object]:
+        """This output on its own, for /health and the live view."""
+        h = self.health()
+        left = self.undelivered()
+        return {"name": self.name, "type": type(self).__name__.replace("Sink", "").lower(), "target": self.target,
+                "ok": bool(h.ok), "detail": h.detail, "last_delivery": self.last_delivery,
+                "delivered": int(self.stats["delivered"]),
+                "undelivered": int(left.get("count", 0) or 0) if left else 0, "pending": self.outbox_pending()}
 
     def _ok(self) -> None:
         with self._health_lock:

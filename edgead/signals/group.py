@@ -88,6 +88,18 @@ class SinkGroup:
         bad = [(n, h) for n, h in bad if not h.ok]
         return SinkHealth(not bad, "; ".join(f"{n}: {h.detail}" for n, h in bad))
 
+    def statuses(self) -> list[dict[str, Any]]:
+        """Each output on its own (name, type, ok, detail, last_delivery, undelivered, ...), in config order."""
+        out: list[dict[str, Any]] = []
+        for sink in self.sinks:
+            fn = getattr(sink, "status", None)
+            try:
+                out.append(dict(fn()) if fn is not None else
+                           {"name": sink.name, "ok": bool(sink.health().ok), "detail": sink.health().detail})
+            except Exception as err:     # a broken output must not break /health
+                out.append({"name": getattr(sink, "name", "?"), "ok": False, "detail": f"status failed: {err!r}"})
+        return out
+
     def set_ready(self, ready: bool) -> None:
         self._each("set_ready", ready)
 

@@ -66,6 +66,7 @@ class LogSink(SinkBase):
             raise err
         self.stats["written"] += 1
         self.stats["events_written"] += item[0]
+        self._delivered(int(item[0]))
         self._drop_reported = False
         self._ok()
 

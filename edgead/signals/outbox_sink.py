@@ -90,7 +90,7 @@ class OutboxSink(SinkBase):
 
     def _acked(self, n: int) -> None:
         self.outbox.ack(n)
-        self.stats["delivered"] += 1
+        self._delivered()
 
     def _skip(self, rec: Record) -> None:
         """Leave a record pending (the next start tries it again) and go on with the next one."""

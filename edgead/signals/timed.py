@@ -79,6 +79,7 @@ class TimedSink(SinkBase):
             self.stats["not_fired"] += len(events)
             raise
         self.stats["pulses"] += 1
+        self._delivered(len(events))
         self._ok()
 
     def undelivered(self) -> dict[str, object] | None:

@@ -206,10 +206,10 @@ def test_the_alarm_gauge_follows_the_board():
     m.alarms_active.set_function(lambda: float(len(board.active())))
     board.raise_("a", "x")
     board.raise_("b", "y")
-    assert "edgead_alarms_active 2" in m.render()
+    assert "edgead_alarms_active 2.0" in m.render()
     board.ack()
     text = m.render()
-    assert "# TYPE edgead_alarms_active gauge" in text and "edgead_alarms_active 0" in text
+    assert "# TYPE edgead_alarms_active gauge" in text and "edgead_alarms_active 0.0" in text
     assert np.isfinite(m.alarms_active.value())
 
 
