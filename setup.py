@@ -2,8 +2,9 @@
 
 from setuptools import find_packages, setup
 
-# The edge box (calibrate, run) needs no torch: numpy, OpenCV, PyYAML, SciPy and a runtime.
-EDGE = ["numpy>=1.24", "opencv-python-headless>=4.8", "PyYAML>=6", "scipy>=1.10", "onnxruntime>=1.16"]
+# The edge box (calibrate, run) needs no torch: numpy, OpenCV, PyYAML, SciPy, a runtime and the metrics exposition.
+EDGE = ["numpy>=1.24", "opencv-python-headless>=4.8", "PyYAML>=6", "scipy>=1.10", "onnxruntime>=1.16",
+        "prometheus-client>=0.17", "shtab>=1.7"]   # shtab: `edgead completion bash|zsh|tcsh` (pure Python, no deps)
 # Training and export stay on Python 3.10+; on an older Python (JetPack 5's 3.8) the extra installs nothing
 # and `edgead train` / `build-engine --model` say so, while the edge path runs there.
 TRAIN = [f"{r}; python_version >= '3.10'" for r in
@@ -16,7 +17,12 @@ SIGNALS = ["pymodbus>=3.10,<4; python_version >= '3.10'", "pymodbus~=3.6.9; pyth
            "paho-mqtt>=2,<3", "pyserial>=3.5", "gpiod>=2.1; sys_platform == 'linux' and python_version >= '3.9'"]
 # OpenVINO: the CPU runtime of Intel industrial PCs (x86 and ARM wheels on PyPI).
 OPENVINO = ["openvino>=2024.0"]
-DEV = ["pytest>=7", "scikit-learn>=1.3", "mypy>=1.8", *SIGNALS, *OPENVINO]
+# Plant protocols: OPC UA (asyncua) and Siemens S7 (python-snap7 3.x, pure Python) need Python 3.10 (JetPack 6);
+# on 3.8 only older releases with other APIs exist, so nothing is installed and the outputs say so.
+# EtherNet/IP (pylogix, pure Python) runs on 3.8 too.
+PLANT = ["asyncua>=1.1; python_version >= '3.10'", "python-snap7>=3,<4; python_version >= '3.10'", "pylogix>=1.0"]
+# cpppo: the EtherNet/IP Logix simulator the enip output's tests write tags to (a test peer, never shipped)
+DEV = ["pytest>=7", "scikit-learn>=1.3", "mypy>=1.8", *SIGNALS, *OPENVINO, *PLANT, "cpppo>=5"]
 
 setup(
     name="edgead",
@@ -41,6 +47,7 @@ setup(
         "gige": ["PyGObject<3.51"],
         "genicam": ["harvesters>=1.4", "genicam>=1.4"],
         "signals": SIGNALS,
+        "plant": PLANT,
         "openvino": OPENVINO,
         "dev": DEV,
     },

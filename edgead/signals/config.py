@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import string
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional, Tuple
 from urllib.parse import urlsplit
 
 from edgead.errors import EdgeADError, register_secret
@@ -158,6 +159,88 @@ class SerialConfig(TimedConfig):
 
 
 @dataclass
+class PlcConfig(TimedConfig):
+    """A PLC output written per reject over a factory protocol (s7, enip): pulse or set, heartbeat, reconnect."""
+
+    host: str = ""
+    value: int = 1                # a word/integer written on set (a bit or BOOL writes true)
+    reset_value: int = 0
+    mode: str = "pulse"           # "pulse": set, then reset after pulse_ms; "set": set only, the PLC resets
+    heartbeat_ms: float = 1000.0  # the heartbeat (or, without one, a read-back) runs this often
+    timeout_ms: float = 500.0
+    reconnect_min_ms: float = 500.0
+    reconnect_max_ms: float = 10000.0
+
+
+@dataclass
+class S7Config(PlcConfig):
+    """Siemens S7 (S7-300/400/1200/1500 over ISO-on-TCP): a DB bit or word per reject."""
+
+    port: int = 102
+    rack: int = 0
+    slot: int = 1                 # S7-1200/1500: 0/1; S7-300: 0/2
+    address: str = ""             # DB10.DBX2.0 (a bit) or DB10.DBW4 (a 16-bit word)
+    heartbeat_address: str = ""   # DB10.DBW6: a word incremented every heartbeat_ms
+
+
+@dataclass
+class EnipConfig(PlcConfig):
+    """EtherNet/IP to an Allen-Bradley Logix PLC (ControlLogix, CompactLogix, Micro800): a tag per reject."""
+
+    port: int = 44818
+    slot: int = 0                 # the controller's slot in the chassis
+    micro800: bool = False        # Micro800 controllers take no slot in the path
+    tag: str = ""                 # e.g. Reject_Kick or Program:Line1.Reject
+    data_type: str = "BOOL"       # the tag's type: BOOL, SINT, INT or DINT
+    heartbeat_tag: str = ""       # a DINT incremented every heartbeat_ms
+
+
+@dataclass
+class OpcUaNodes:
+    """The node id each value is written to; "" is not written. Fields: OPCUA_FIELDS."""
+
+    event_id: str = ""
+    seq: str = ""
+    decision: str = ""
+    score: str = ""
+    threshold: str = ""
+    reason: str = ""
+    wall_time: str = ""
+    parts: str = ""
+    rejects: str = ""
+    status: str = ""
+    alarm: str = ""
+
+
+OPCUA_FIELDS = tuple(f.name for f in fields(OpcUaNodes))
+OPCUA_POLICIES = ("None", "Basic256Sha256", "Aes128Sha256RsaOaep", "Aes256Sha256RsaPss")
+
+
+@dataclass
+class OpcUaConfig(SinkConfig):
+    """Writes the last part, the counters and the status into variables of a plant OPC UA server (MES/SCADA)."""
+
+    url: str = ""                 # opc.tcp://mes.local:4840
+    node_prefix: str = ""         # e.g. "ns=2;s=Line1.Inspection.": every field at prefix + field name
+    nodes: OpcUaNodes = field(default_factory=OpcUaNodes)   # per field: a node id ("" keeps the prefix's)
+    skip: list[str] = field(default_factory=list)           # fields not written (with a node_prefix)
+    per_part: bool = True         # the last-part nodes follow every part; false: rejects only
+    username: str = ""
+    password: str = ""
+    password_env: str = ""
+    security_policy: str = "None"  # Basic256Sha256, Aes128Sha256RsaOaep, Aes256Sha256RsaPss
+    security_mode: str = "SignAndEncrypt"   # or Sign
+    certificate: str = ""         # edgead's certificate (PEM or DER) ...
+    private_key: str = ""         # ... and its key, for a security_policy
+    server_certificate: str = ""  # the server's; empty: taken from its endpoint list
+    application_uri: str = ""     # must match the certificate's URI where the server checks it
+    timeout_ms: float = 2000.0
+    heartbeat_ms: float = 1000.0  # the server's clock is read this often: a lost server raises the alarm
+    reconnect_min_ms: float = 500.0
+    reconnect_max_ms: float = 10000.0
+
+
+@dataclass
 class LogConfig(SinkConfig):
     path: str = "rejects.jsonl"
     per_part: bool = True
@@ -165,7 +248,7 @@ class LogConfig(SinkConfig):
 
 SINK_CONFIGS: dict[str, type[SinkConfig]] = {
     "gpio": GpioConfig, "modbus": ModbusConfig, "mqtt": MqttConfig, "webhook": WebhookConfig,
-    "serial": SerialConfig, "log": LogConfig,
+    "serial": SerialConfig, "log": LogConfig, "s7": S7Config, "enip": EnipConfig, "opcua": OpcUaConfig,
 }
 
 
@@ -244,11 +327,88 @@ def _validate_peer(where: str, cfg: PeerConfig) -> None:
           "'outbox_fsync_every' must be >= 1 and 'outbox_fsync_ms' > 0", "the defaults (32 records, 50 ms) are usually right")
 
 
+S7_ADDRESS = re.compile(r"^DB(\d+)\.DB(?:X(\d+)\.([0-7])|W(\d+))$", re.IGNORECASE)
+ENIP_TYPES = {"BOOL": 0xC1, "SINT": 0xC2, "INT": 0xC3, "DINT": 0xC4}    # the CIP type codes
+ENIP_RANGES = {"SINT": (-128, 127), "INT": (-32768, 32767), "DINT": (-2**31, 2**31 - 1)}
+
+
+def parse_s7_address(text: str) -> Optional[Tuple[int, int, Optional[int]]]:
+    """(db, byte, bit) of "DB10.DBX2.3", (db, byte, None) of "DB10.DBW4"; None when it is neither."""
+    m = S7_ADDRESS.match(text.strip())
+    if not m:
+        return None
+    if m.group(2) is not None:
+        return int(m.group(1)), int(m.group(2)), int(m.group(3))
+    return int(m.group(1)), int(m.group(4)), None
+
+
+def _validate_plc(where: str, cfg: PlcConfig) -> None:
+    _need(where, bool(cfg.host), "missing key 'host'", "the PLC's IP address or host name")
+    _one_of(where, "mode", cfg.mode, ("pulse", "set"))
+    _need(where, cfg.heartbeat_ms > 0 and cfg.timeout_ms > 0 and 0 < cfg.reconnect_min_ms <= cfg.reconnect_max_ms,
+          "heartbeat_ms, timeout_ms and reconnect_*_ms must be > 0 (min <= max)", "the defaults are usually right")
+    if isinstance(cfg, S7Config):
+        _need(where, bool(cfg.address), "missing key 'address'",
+              "the DB bit or word the PLC program reads, e.g. address: DB10.DBX2.0 or DB10.DBW4")
+        for key in ("address", "heartbeat_address"):
+            text = getattr(cfg, key)
+            _need(where, not text or parse_s7_address(text) is not None, f"'{key}' has a bad value {text!r}",
+                  "write a DB bit as DB10.DBX2.0 (DB 10, byte 2, bit 0) or a word as DB10.DBW4")
+        beat = parse_s7_address(cfg.heartbeat_address) if cfg.heartbeat_address else None
+        _need(where, beat is None or beat[2] is None, "'heartbeat_address' must be a word (DB10.DBW6)",
+              "the heartbeat counts up: it needs a word, not a bit")
+        _need(where, 0 <= cfg.value <= 0xFFFF and 0 <= cfg.reset_value <= 0xFFFF,
+              "'value' and 'reset_value' must fit a word (0..65535)", "e.g. value: 1, reset_value: 0")
+        _need(where, 0 <= cfg.rack <= 7 and 0 <= cfg.slot <= 31, "'rack' must be 0..7 and 'slot' 0..31",
+              "S7-1200/1500: rack 0, slot 1; S7-300: rack 0, slot 2")
+    elif isinstance(cfg, EnipConfig):
+        _need(where, bool(cfg.tag), "missing key 'tag'", "the controller tag the PLC program reads, e.g. tag: Reject_Kick")
+        cfg.data_type = cfg.data_type.upper()
+        _one_of(where, "data_type", cfg.data_type, tuple(ENIP_TYPES))
+        lo, hi = ENIP_RANGES.get(cfg.data_type, (0, 1))
+        _need(where, lo <= cfg.value <= hi and lo <= cfg.reset_value <= hi,
+              f"'value' and 'reset_value' must fit a {cfg.data_type} ({lo}..{hi})", "e.g. value: 1, reset_value: 0")
+
+
+def _validate_opcua(where: str, cfg: OpcUaConfig) -> None:
+    _need(where, cfg.url.startswith("opc.tcp://"), f"'url' must start with opc.tcp://, got {cfg.url!r}",
+          "e.g. url: opc.tcp://mes.local:4840")
+    bad = [f for f in cfg.skip if f not in OPCUA_FIELDS]
+    _need(where, not bad, f"'skip' names an unknown field {bad[0] if bad else ''!r}", f"fields: {', '.join(OPCUA_FIELDS)}")
+    _need(where, bool(opcua_nodes(cfg)), "no node to write: give 'node_prefix' or 'nodes'",
+          "e.g. node_prefix: \"ns=2;s=Line1.Inspection.\" writes ...seq, ...decision, ...rejects and the others")
+    _one_of(where, "security_policy", cfg.security_policy, OPCUA_POLICIES)
+    _one_of(where, "security_mode", cfg.security_mode, ("Sign", "SignAndEncrypt"))
+    _need(where, cfg.security_policy == "None" or bool(cfg.certificate and cfg.private_key),
+          f"security_policy {cfg.security_policy} needs 'certificate' and 'private_key'",
+          "edgead's own certificate and key files (PEM or DER); the server must trust the certificate")
+    _need(where, not (cfg.password and cfg.password_env), "give 'password' or 'password_env', not both",
+          "password_env names an environment variable that holds the password")
+    _need(where, not (cfg.password or cfg.password_env) or bool(cfg.username), "a password needs a 'username'",
+          "username: the user the server knows")
+    _need(where, cfg.timeout_ms > 0 and cfg.heartbeat_ms > 0 and 0 < cfg.reconnect_min_ms <= cfg.reconnect_max_ms,
+          "timeout_ms, heartbeat_ms and reconnect_*_ms must be > 0 (min <= max)", "the defaults are usually right")
+
+
+def opcua_nodes(cfg: OpcUaConfig) -> dict[str, str]:
+    """field -> node id: `nodes:` entries, else node_prefix + field name, less `skip:`."""
+    out: dict[str, str] = {}
+    for name in OPCUA_FIELDS:
+        node = getattr(cfg.nodes, name) or (cfg.node_prefix + name if cfg.node_prefix else "")
+        if node and name not in cfg.skip:
+            out[name] = node
+    return out
+
+
 def _validate(where: str, cfg: SinkConfig, raw: dict[str, Any]) -> None:
     if isinstance(cfg, PeerConfig):
         _validate_peer(where, cfg)
     if isinstance(cfg, TimedConfig):
         _validate_timed(where, cfg, raw)
+    if isinstance(cfg, PlcConfig):
+        _validate_plc(where, cfg)
+    elif isinstance(cfg, OpcUaConfig):
+        _validate_opcua(where, cfg)
     if isinstance(cfg, GpioConfig):
         _one_of(where, "backend", cfg.backend, ("gpiod", "jetson"))
         _one_of(where, "numbering", cfg.numbering, ("BOARD", "BCM"))

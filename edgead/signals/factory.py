@@ -1,8 +1,8 @@
 """From the run YAML's `outputs:` list to open outputs, and the start-up check that they are reachable.
 
 An output's module is imported only when that output is configured, so its optional library
-(pymodbus, paho-mqtt, gpiod, pyserial) is needed only where it is used. The outputs whose events
-go to a peer (OUTBOX_TYPES) keep them in a durable outbox under `outbox_dir` (None:
+(pymodbus, paho-mqtt, gpiod, pyserial, python-snap7, pylogix, asyncua) is needed only where it is
+used. The outputs whose events go to a peer (OUTBOX_TYPES) keep them in a durable outbox under `outbox_dir` (None:
 `$EDGEAD_STATE_DIR/outbox`, the state folder defaulting to ~/.local/state/edgead).
 """
 
@@ -28,6 +28,9 @@ SINK_CLASSES = {
     "webhook": "edgead.signals.webhook:WebhookSink",
     "serial": "edgead.signals.serial:SerialSink",
     "log": "edgead.signals.log:LogSink",
+    "s7": "edgead.signals.s7:S7Sink",
+    "enip": "edgead.signals.enip:EnipSink",
+    "opcua": "edgead.signals.opcua:OpcUaSink",
 }
 OUTBOX_TYPES = ("mqtt", "webhook")     # events to a peer: through a durable outbox (the timed ones must not be late)
 
