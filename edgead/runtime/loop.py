@@ -194,6 +194,7 @@ class Loop:
         m.queue_depth.set_function(self.out_q.qsize, queue="output")
         m.queue_depth.set_function(lambda: float(len(self.ledger)), queue="in_flight")
         m.alarms_active.set_function(lambda: float(len(self.board.active())))
+        m.camera_up.set_function(lambda: float(self.camera_status()["ok"]))
         self._threads = [threading.Thread(target=self._guard(self._capture), name="edgead-capture", daemon=True),
                          threading.Thread(target=self._guard(self._infer), name="edgead-infer", daemon=True),
                          threading.Thread(target=self._guard(self._output), name="edgead-output", daemon=True)]
@@ -378,6 +379,7 @@ class Loop:
                 self.clear_alarm("camera_stalled")
             last_frame_at, stalled, self._camera_away = now, False, False
             m.frames.inc()
+            m.frame_rate.tick(now)
             self._check_gap(frame, last_seq, last_t)
             last_seq, last_t = frame.seq, frame.t_capture
             if not opt.trigger and (frames - 1) % opt.nth:
@@ -602,6 +604,8 @@ class Loop:
             if self.sinks.should_stop:
                 self.request_stop("reject output failed (on_sink_failure: stop)")
         m.parts.inc(decision=ev.decision)
+        if ev.score is not None:
+            m.score.observe(float(ev.score))
         for stage, v in ev.latency_ms.items():
             m.latency.observe(v / 1000.0, stage=stage)
         if ev.decision == "safe_reject":
@@ -613,7 +617,7 @@ class Loop:
         try:  # records and the live view are best effort: a bug there must not stop the decisions
             if self.recorder is not None:   # the line first, then its images
                 self.recorder.record(out.pid, ev, out.image, out.amap)
-            if self.live is not None and out.image is not None:
+            if self.live is not None:   # every part (the camera frame, or None for a frame lost): it counts them
                 self.live.update(out.image, out.amap, ev)
         except Exception as e:
             m.records_dropped.inc(kind="error")
@@ -626,7 +630,7 @@ class Loop:
         now = time.monotonic()
         active = self.board.active()
         status = "stopped" if self.ended else "stopping" if self._stop.is_set() else "alarm" if active else "ok"
-        return {"status": status, "camera": self.source.name,
+        return {"status": status, "camera": self.camera_status(),
                 "uptime_s": round(now - self.started, 3) if self.started else 0.0,
                 "parts": int(m.parts.total()), "safe_actions": int(m.safe_actions.total()),
                 "in_flight": len(self.ledger), "infer_queue": self.infer_q.qsize(),
@@ -634,6 +638,18 @@ class Loop:
                 {k: v for k, v in self.last_alarm.items() if k != "monotonic"},
                 "stopped_by": self.stopped_by, "warnings": list(self.warnings),
                 "alarms": active, "alarm_counts": self.board.counts()}
+
+    def camera_status(self) -> dict[str, Any]:
+        """The camera on its own: up (not lost, stalled or failed), why not, frame rate and counts."""
+        m = self.metrics
+        keys = ("camera_lost", "camera_stalled", "camera_error")
+        down = [a for a in self.board.active() if a["key"] in keys]
+        running = self.started is not None and not self.ended
+        return {"name": self.source.name, "ok": bool(running and not down and not self._camera_away),
+                "detail": "; ".join(a["reason"] for a in down) or ("" if running else "not running"),
+                "fps": m.frame_rate.fps(), "frames": int(m.frames.total()), "frames_lost": int(m.frames_lost.total()),
+                "reconnects": int(m.camera_reconnects.total()), "errors": int(m.camera_errors.total()),
+                "last_frame_age_s": m.frame_rate.age_s()}
 
     def summary(self) -> dict[str, Any]:
         m = self.metrics

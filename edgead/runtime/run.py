@@ -305,11 +305,11 @@ def run(cfg: RunConfig, *, force: bool = False, detector: Detector | None = None
         detector, calibration, spec, max_batch = _engine(cfg, detector, force, log, warnings)
         group = _open_outputs(cfg, log) if sinks is None else \
             sinks if isinstance(sinks, SinkGroup) else SinkGroup([sinks])
+        metrics.describe_run(version=__version__, engine=Path(str(cfg.engine)).name, backend=detector.backend,
+                             precision=detector.precision, threshold=calibration.get("threshold"))
         if group is not None:
             closers.append(group.close)
-            for name in group.outbox_pending():
-                metrics.outbox_pending.set_function(lambda name=name: float(group.outbox_pending().get(name, 0)),
-                                                    output=name)
+            _output_metrics(metrics, group)
         if source is None:
             source = _build_source(cfg)
         source.open()
@@ -373,14 +373,25 @@ def _ack_input(cfg: RunConfig, loop: Loop) -> Any:
                     on_back=lambda: loop.clear_alarm("ack_input")).start()
 
 
+def _output_metrics(metrics: RunMetrics, group: SinkGroup) -> None:
+    """Per-output gauges read at scrape time: up, undelivered, and the outbox backlog."""
+    def by_name(field: str) -> Callable[[], dict[str, float]]:
+        return lambda: {str(st["name"]): float(st.get(field) or 0) for st in group.statuses()}
+
+    metrics.output_up.set_labelled_function("output", by_name("ok"))
+    metrics.output_undelivered.set_labelled_function("output", by_name("undelivered"))
+    metrics.outbox_pending.set_labelled_function("output", lambda: {k: float(v) for k, v in group.outbox_pending().items()})
+
+
 def _health(loop: Loop, sinks: SinkGroup | None) -> dict[str, Any]:
+    """The loop's health with each output on its own; an output down makes an ok run "degraded"."""
     h = loop.health()
+    h["outputs"] = []
     if sinks is not None:
         try:
-            sh = sinks.health()
-            h["outputs"] = {"ok": bool(sh.ok), "detail": sh.detail}
+            h["outputs"] = sinks.statuses()
         except Exception as e:
-            h["outputs"] = {"ok": False, "detail": repr(e)}
-        if not h["outputs"]["ok"] and h["status"] == "ok":
+            h["outputs"] = [{"name": "outputs", "ok": False, "detail": repr(e)}]
+        if h["status"] == "ok" and not all(o.get("ok") for o in h["outputs"]):
             h["status"] = "degraded"
     return h

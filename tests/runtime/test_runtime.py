@@ -457,13 +457,23 @@ def _get(url: str, timeout: float = 5.0) -> tuple[int, dict, bytes]:
         return e.code, dict(e.headers), e.read()
 
 
+def calibration_threshold(path) -> float:
+    import yaml
+
+    return float(yaml.safe_load(Path(path).read_text())["threshold"])
+
+
 def _samples(text: str) -> dict[str, float]:
-    """Prometheus text exposition -> {name{labels}: value}, in the order served."""
+    """Prometheus text exposition -> {name{labels}: value}, parsed by prometheus_client's own parser;
+    labels sorted by name with `le` last, so keys read as the metrics are written."""
+    from prometheus_client.parser import text_string_to_metric_families
+
     out: dict[str, float] = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, value = line.rsplit(" ", 1)
-            out[name] = float(value)
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            items = sorted(sample.labels.items(), key=lambda kv: (kv[0] == "le", kv[0]))
+            labels = ",".join(f'{k}="{v}"' for k, v in items)
+            out[sample.name + (f"{{{labels}}}" if labels else "")] = float(sample.value)
     return out
 
 
@@ -485,7 +495,7 @@ def test_http_endpoints(engine, calibration, detector, frames):
         health = json.loads(body)
         # nothing in this run raises an alarm (healthy sink, 5 s deadline): anything but "ok" is a bug
         assert code == 200 and health["status"] == "ok" and health["last_alarm"] is None
-        assert health["parts"] >= 5 and health["safe_actions"] == 0 and health["camera"] == "fake"
+        assert health["parts"] >= 5 and health["safe_actions"] == 0 and health["camera"]["name"] == "fake"
         code, _, body = _get(base + "/metrics")
         assert code == 200
         samples = _samples(body.decode())
@@ -494,7 +504,16 @@ def test_http_endpoints(engine, calibration, detector, frames):
             assert name in samples, name
         # values, read after /health: counters only grow, and every part so far passed or was rejected
         parts = {k: v for k, v in samples.items() if k.startswith("edgead_parts_total{")}
-        assert set(parts) <= {'edgead_parts_total{decision="pass"}', 'edgead_parts_total{decision="reject"}'}
+        # every decision is there from the start (rate() works before the first reject); none was a safe action
+        assert set(parts) == {f'edgead_parts_total{{decision="{d}"}}' for d in ("pass", "reject", "safe_reject")}
+        assert parts['edgead_parts_total{decision="safe_reject"}'] == 0
+        info = next(k for k in samples if k.startswith("edgead_info{"))
+        assert f'threshold="{calibration_threshold(calibration):.6g}"' in info and 'backend="onnxruntime"' in info
+        assert samples["edgead_threshold"] == pytest.approx(calibration_threshold(calibration))
+        assert samples["edgead_score_count"] >= health["parts"] and "process_cpu_seconds_total" in samples
+        assert samples["edgead_camera_up"] == 1 and samples["edgead_camera_fps"] > 0
+        cam = health["camera"]
+        assert cam["ok"] and cam["frames"] >= 5 and cam["fps"] > 0 and cam["frames_lost"] == 0 and cam["reconnects"] == 0
         assert sum(parts.values()) >= health["parts"] and samples["edgead_frames_total"] >= sum(parts.values())
         assert sum(v for k, v in samples.items() if k.startswith("edgead_safe_actions_total")) == 0
         assert samples["edgead_camera_reconnects_total"] == 0
@@ -626,10 +645,12 @@ def test_metrics_text_format():
         m.latency.observe(v, stage="total")
     text = m.render()
     assert '# TYPE edgead_parts_total counter' in text
-    assert 'edgead_parts_total{decision="safe_reject"} 2' in text
-    assert 'edgead_latency_seconds_bucket{stage="total",le="0.001"} 1' in text
-    assert 'edgead_latency_seconds_bucket{stage="total",le="+Inf"} 3' in text
-    assert 'edgead_latency_seconds_count{stage="total"} 3' in text
+    samples = _samples(text)
+    assert samples['edgead_parts_total{decision="safe_reject"}'] == 2
+    assert samples['edgead_parts_total{decision="reject"}'] == 0          # present before the first reject
+    assert samples['edgead_latency_seconds_bucket{stage="total",le="0.001"}'] == 1
+    assert samples['edgead_latency_seconds_bucket{stage="total",le="+Inf"}'] == 3
+    assert samples['edgead_latency_seconds_count{stage="total"}'] == 3
     assert m.latency.percentiles([50], stage="total") == [0.003]
 
 
