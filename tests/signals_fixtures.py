@@ -70,6 +70,20 @@ def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 # ---------------------------------------------------------------- fakes
 
 
+class Alarms:
+    """The alarm callbacks of a SinkGroup, recorded: got (name, detail), recovered names."""
+
+    def __init__(self) -> None:
+        self.got: list = []
+        self.recovered: list = []
+
+    def __call__(self, name: str, detail: str) -> None:
+        self.got.append((name, detail))
+
+    def back(self, name: str) -> None:
+        self.recovered.append(name)
+
+
 class FakeClock:
     def __init__(self, t: float = 100.0) -> None:
         self.t = t

@@ -80,11 +80,7 @@ class EnipLink(PlcLink):
 
     def close(self) -> None:
         plc, self._plc = self._plc, None
-        if plc is not None:
-            try:
-                plc.Close()
-            except Exception:                # a dead link may fail to close: it is gone either way
-                pass
+        self.close_quietly(plc, "Close")
 
 
 class EnipSink(PlcSink):

@@ -45,6 +45,16 @@ class PlcLink:
     def close(self) -> None:
         raise NotImplementedError
 
+    @staticmethod
+    def close_quietly(handle: object, method: str) -> None:
+        """Close a client that may already be dead (a broken link may fail to close: it is gone either way)."""
+        if handle is None:
+            return
+        try:
+            getattr(handle, method)()
+        except Exception:
+            pass
+
 
 class PlcSink(TimedSink):
     """Reject pulses through a PlcLink; heartbeat/read-back and reconnect with backoff on its own thread."""

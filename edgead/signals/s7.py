@@ -102,11 +102,7 @@ class S7Link(PlcLink):
 
     def close(self) -> None:
         client, self._client = self._client, None
-        if client is not None:
-            try:
-                client.disconnect()
-            except Exception:                # a dead link may fail to close: it is gone either way
-                pass
+        self.close_quietly(client, "disconnect")
 
 
 class S7Sink(PlcSink):

@@ -15,7 +15,7 @@ import time
 import pytest
 from plant_fixtures import (PASSWORD, USER, UaPeer, enip_server, s7_server, self_signed, ua_node,  # noqa: F401
                             ua_server)
-from signals_fixtures import LOOPBACK, event, free_port, need_module, state_dir, wait_for  # noqa: F401
+from signals_fixtures import LOOPBACK, Alarms, event, free_port, need_module, state_dir, wait_for  # noqa: F401
 
 from edgead.cli import main
 from edgead.errors import EdgeADError
@@ -24,17 +24,6 @@ from edgead.signals.config import parse_sink
 
 pytestmark = pytest.mark.usefixtures("state_dir")
 FAST = {"reconnect_min_ms": 50, "reconnect_max_ms": 200, "heartbeat_ms": 50}
-
-
-class Alarms:
-    def __init__(self):
-        self.got, self.recovered = [], []
-
-    def __call__(self, name, detail):
-        self.got.append((name, detail))
-
-    def back(self, name):
-        self.recovered.append(name)
 
 
 def opcua_sink(url, **kw):

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from signals_fixtures import LOOPBACK, event, free_port, http_peer, state_dir, wait_for  # noqa: F401
+from signals_fixtures import LOOPBACK, Alarms, event, free_port, http_peer, state_dir, wait_for  # noqa: F401
 
 from edgead.errors import EdgeADError
 from edgead.signals import SinkBase, SinkGroup, build_sink, outbox_admin
@@ -163,17 +163,6 @@ def test_the_default_outbox_folder_follows_the_state_dir(state_dir, monkeypatch)
 
 
 # ---------------------------------------------------------------- through a sink and the group
-
-
-class Alarms:
-    def __init__(self):
-        self.got, self.recovered = [], []
-
-    def __call__(self, name, detail):
-        self.got.append((name, detail))
-
-    def back(self, name):
-        self.recovered.append(name)
 
 
 def test_a_full_outbox_is_counted_undelivered_and_raises_the_alarm(tmp_path):
