@@ -7,12 +7,13 @@ import logging
 import platform
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence, TextIO
 
 from edgead import __version__
 from edgead.backends.manifest import BACKENDS, PRECISIONS
+from edgead.decide import progress
 from edgead.errors import EdgeADError, RedactingFilter
-from edgead.io import check_input
+from edgead.io import check_input, json_line
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -20,7 +21,34 @@ EXIT_INTERRUPTED = 130
 WORKSTATION_PYTHON = (3, 10)
 
 if TYPE_CHECKING:
-    _Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
+    _Subparsers = argparse._SubParsersAction["_VerbParser"]
+
+
+class _Say:
+    """Where a verb's words go, the one place -q and --json are applied: step messages (`info`, not with
+    -q), the verb's human result (`result`), warnings (`warn`, always on stderr), and with --json the one
+    JSON document on stdout (`document`), the human text then going to stderr."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.json = bool(getattr(args, "json", False))
+
+    def _human(self) -> TextIO:
+        return sys.stderr if self.json else sys.stdout
+
+    def info(self, line: str) -> None:
+        if not progress.is_quiet():
+            progress.say(line, self._human())
+
+    def result(self, line: str) -> None:
+        if not (self.json and progress.is_quiet()):
+            progress.say(line, self._human())
+
+    def warn(self, line: str) -> None:
+        progress.warn(line)
+
+    def document(self, obj: Any) -> None:
+        if self.json:
+            progress.say(json_line(obj), sys.stdout)
 
 
 def _needs_workstation(what: str) -> None:
@@ -86,19 +114,20 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     if not args.data or not args.out:
         raise EdgeADError("train needs --data DIR and --out models/NAME", "see `edgead train --help`")
+    say = _Say(args)
     if _fixed_size(args.size) is None:
         from edgead.training.input_size import keep_aspect
 
-        cfg = keep_aspect(cfg, args.data)
+        cfg = keep_aspect(cfg, args.data, log=say.info)
     from edgead.training.train import train
 
     result = train(args.data, args.out, cfg, skip_bad=args.skip_bad, resume=args.resume,
-                   overwrite=args.overwrite, device=args.device, progress=not args.no_progress)
+                   overwrite=args.overwrite, device=args.device, progress=not args.no_progress, log=say.info)
     t = result.metadata["training"]
-    print(f"model written to {result.out}: best epoch {result.best_epoch}/{t['epochs_planned']}, "
-          f"val loss {result.best_val_loss:.4f}, {t['seconds']:.0f} s ({t['seconds_per_epoch']:.1f} s/epoch)")
+    say.result(f"model written to {result.out}: best epoch {result.best_epoch}/{t['epochs_planned']}, "
+               f"val loss {result.best_val_loss:.4f}, {t['seconds']:.0f} s ({t['seconds_per_epoch']:.1f} s/epoch)")
     if result.interrupted:
-        print("training was interrupted: the model above is usable; continue with --resume")
+        say.warn("training was interrupted: the model above is usable; continue with --resume")
         return EXIT_INTERRUPTED
     return 0
 
@@ -107,34 +136,41 @@ def cmd_eval(args: argparse.Namespace) -> int:
     _needs_workstation("eval")
     from edgead.training.evaluate import evaluate
 
+    say = _Say(args)
     out = args.out or str(Path(args.model) / "eval")
     result = evaluate(args.model, args.data, out, batch_size=args.batch_size, device=args.device,
-                      skip_bad=args.skip_bad)
-    print_metrics(result)
+                      skip_bad=args.skip_bad, log=say.info)
+    print_metrics(result, say.result)
+    say.document(result)
     return 0
 
 
-def print_metrics(result: dict) -> None:
-    print(f"image AUROC {result['image_auroc']:.4f}  pixel AUROC {result['pixel_auroc']:.4f}  "
-          f"AUPRO@30% {result['aupro']:.4f}  F1-max {result['f1_max']:.4f}  "
-          f"({result['n_good']} good, {result['n_defect']} defective, {result['ms_per_image']} ms/image)")
+def print_metrics(result: dict, out: Callable[[str], None] = print) -> None:
+    out(f"image AUROC {result['image_auroc']:.4f}  pixel AUROC {result['pixel_auroc']:.4f}  "
+        f"AUPRO@30% {result['aupro']:.4f}  F1-max {result['f1_max']:.4f}  "
+        f"({result['n_good']} good, {result['n_defect']} defective, {result['ms_per_image']} ms/image)")
     for name, m in sorted(result.get("per_type", {}).items()):
-        print(f"  {name:<18} image AUROC {m['image_auroc']:.4f}  pixel AUROC {m['pixel_auroc']:.4f}  "
-              f"AUPRO {m['aupro']:.4f}  n={m['n']}")
+        out(f"  {name:<18} image AUROC {m['image_auroc']:.4f}  pixel AUROC {m['pixel_auroc']:.4f}  "
+            f"AUPRO {m['aupro']:.4f}  n={m['n']}")
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     _needs_workstation("demo")
-    from edgead.demo.demo import run_demo
+    from edgead.demo.demo import run_demo, summary_lines
 
+    say = _Say(args)
     if args.data:
         check_input(args.data, kind="dir", what="--data", hint="give an MVTec-layout category root")
-    run_demo(Path(args.out), quick=args.quick, data=args.data, epochs=args.epochs, seed=args.seed,
-             report_dir=Path(args.report), size=tuple(args.size) if args.size else None)
+    data = run_demo(Path(args.out), quick=args.quick, data=args.data, epochs=args.epochs, seed=args.seed,
+                    report_dir=Path(args.report), size=tuple(args.size) if args.size else None, log=say.info)
+    if progress.is_quiet():          # its step messages were left out, its five-line summary is the result
+        for line in summary_lines(data, Path(args.report) / "index.html"):
+            say.result(line)
     return 0
 
 
 def cmd_build_engine(args: argparse.Namespace) -> int:
+    say = _Say(args)
     if args.engine:
         from edgead.export.build import add_openvino, rebuild_tensorrt
 
@@ -143,10 +179,10 @@ def cmd_build_engine(args: argparse.Namespace) -> int:
                               "--overwrite, --calib-images and --backend onnxruntime belong to --model",
                               "drop them, or export again with --model")
         if args.backend == "openvino":
-            add_openvino(args.engine)
+            add_openvino(args.engine, log=say.result)
             return 0
         rebuild_tensorrt(args.engine, precision=args.precision, max_batch=args.max_batch_given,
-                         workspace_mib=args.workspace, dla_core=args.dla)
+                         workspace_mib=args.workspace, dla_core=args.dla, log=say.result)
         return 0
     _needs_workstation("build-engine --model (the ONNX export)")
     from edgead.export.build import build_engine
@@ -155,7 +191,7 @@ def cmd_build_engine(args: argparse.Namespace) -> int:
                  max_batch=8 if args.max_batch_given is None else args.max_batch_given,
                  workspace_mib=args.workspace, dla_core=args.dla,
                  map_size=tuple(args.map_size) if args.map_size else None, overwrite=args.overwrite,
-                 calib_images=args.calib_images)
+                 calib_images=args.calib_images, log=say.result)
     return 0
 
 
@@ -166,8 +202,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.data:
         check_input(args.data, kind="dir", what="--data", hint="give an MVTec-layout category root (test/good, "
                     "test/<defect type>)")
-    bench(args.engine, batches=args.batch, iters=args.iters, warmup=args.warmup, with_torch=not args.no_torch,
-          backends=args.backend, out=args.out, data=args.data, threads=args.threads)
+    say = _Say(args)
+    result = bench(args.engine, batches=args.batch, iters=args.iters, warmup=args.warmup,
+                   with_torch=not args.no_torch, backends=args.backend, out=args.out, data=args.data,
+                   threads=args.threads, log=say.result)
+    say.document(result)
     return 0
 
 
@@ -175,6 +214,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from edgead.decide.calibrate import calibrate, check_inputs
     from edgead.decide.drift import EXIT_DRIFT, check_drift
 
+    say = _Say(args)
     if args.check:
         given = [f"--{k}" for k, v in (("defects", args.defects), ("target-frr", args.target_frr),
                                        ("method", args.method), ("out", args.out),
@@ -187,15 +227,19 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
                     "`edgead calibrate` (calibration/NAME.yaml)")
         check_inputs(args.engine, args.good)
         report = check_drift(args.check, args.good, engine=args.engine, backend=args.backend,
-                             precision=args.precision, skip_bad=args.skip_bad, force=args.force)
+                             precision=args.precision, skip_bad=args.skip_bad, force=args.force, log=say.result,
+                             warn=say.warn)
+        say.document({**report, "exit_code": EXIT_DRIFT if report["drift"] else 0})
         return EXIT_DRIFT if report["drift"] else 0
     if not args.engine:
         raise EdgeADError("calibrate needs --engine engines/NAME", "see `edgead calibrate --help`")
     if args.force:
         raise EdgeADError("--force only applies to --check", "drop --force")
-    calibrate(args.engine, args.good, args.defects, 0.001 if args.target_frr is None else args.target_frr,
-              args.method or "auto", args.out, args.backend or "auto", args.precision, args.skip_bad,
-              args.min_defect_area, args.mm_per_px, overwrite=args.overwrite)
+    record, path = calibrate(args.engine, args.good, args.defects,
+                             0.001 if args.target_frr is None else args.target_frr, args.method or "auto", args.out,
+                             args.backend or "auto", args.precision, args.skip_bad, args.min_defect_area,
+                             args.mm_per_px, log=say.info, warn=say.warn, overwrite=args.overwrite, result=say.result)
+    say.document({"record_path": str(path), **record, "exit_code": 0})
     return 0
 
 
@@ -203,7 +247,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from edgead.decide.predict import EXIT_UNREADABLE, predict
 
     summary = predict(args.engine, args.calibration, args.data, args.out, backend=args.backend or "auto",
-                      precision=args.precision, skip_bad=args.skip_bad, force=args.force, overwrite=args.overwrite)
+                      precision=args.precision, skip_bad=args.skip_bad, force=args.force, overwrite=args.overwrite,
+                      log=_Say(args).result)
     return EXIT_UNREADABLE if summary["unreadable"] else 0
 
 
@@ -229,15 +274,22 @@ def cmd_run(args: argparse.Namespace) -> int:
         over["http"] = {"listen": args.http}
     if args.allow_degraded:
         over["allow_degraded"] = True
-    summary = run(load_run_config(args.config, over), force=args.force)
+    say = _Say(args)
+    summary = run(load_run_config(args.config, over), force=args.force, out=say.result)
+    say.document(summary)
     return int(summary["exit_code"])
 
 
 def cmd_signals_test(args: argparse.Namespace) -> int:
     from edgead.signals.wiring_check import signals_test
 
+    say = _Say(args)
     check_input(args.config, kind="file", what="--config", hint="give the run YAML with an `outputs:` list")
-    return signals_test(args.config)
+    results: list = []
+    code = signals_test(args.config, out=say.result, results=results)
+    say.document({"outputs": results, "ok": sum(r["ok"] for r in results),
+                  "failed": sum(not r["ok"] for r in results), "exit_code": code})
+    return code
 
 
 def _outbox_source(args: argparse.Namespace) -> tuple[Any, str | None]:
@@ -286,14 +338,36 @@ def cmd_alarm_ack(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_verbosity(parser: argparse.ArgumentParser, default: Any) -> None:
+    parser.add_argument("-q", "--quiet", action="store_true", default=default,
+                        help="only warnings, errors and the result: no progress bars or step messages")
+    parser.add_argument("-v", "--verbose", action="store_true", default=default,
+                        help="also the debug messages of edgead's loggers")
+
+
+class _VerbParser(argparse.ArgumentParser):
+    """Every verb's (and action's) parser takes -q/-v as well, so they work before or after the verb;
+    SUPPRESS keeps a flag given before the verb from being reset by the verb's default."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _add_verbosity(self, argparse.SUPPRESS)
+
+
+def _add_json(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true",
+                   help="print the result as one JSON document on stdout (the human text goes to stderr)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line; each verb's options live in its own `_add_<verb>`."""
     parser = argparse.ArgumentParser(prog="edgead", description="Anomaly detection for factory cameras: "
                                      "train on good parts, inspect every part in milliseconds.")
     parser.add_argument("--version", action="version", version=f"edgead {__version__}")
-    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+    _add_verbosity(parser, False)
+    sub = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=_VerbParser)
     for add in (_add_synth, _add_train, _add_eval, _add_build_engine, _add_bench, _add_calibrate, _add_predict,
-                _add_run, _add_signals, _add_outbox, _add_alarm, _add_demo):
+                _add_run, _add_signals, _add_outbox, _add_alarm, _add_demo, _add_completion):
         add(sub)
     return parser
 
@@ -338,6 +412,7 @@ def _add_eval(sub: _Subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="auto")
     p.add_argument("--skip-bad", action="store_true")
+    _add_json(p)
     p.set_defaults(func=cmd_eval)
 
 
@@ -377,6 +452,7 @@ def _add_bench(sub: _Subparsers) -> None:
                    "engine (image AUROC, its change against onnxruntime/fp32, score drift)")
     p.add_argument("--threads", type=int, metavar="N", help="CPU threads of ONNX Runtime and OpenVINO (default: all)")
     p.add_argument("--out", help="write the results as JSON here")
+    _add_json(p)
     p.set_defaults(func=cmd_bench)
 
 
@@ -403,6 +479,7 @@ def _add_calibrate(sub: _Subparsers) -> None:
     p.add_argument("--force", action="store_true",
                    help="--check with a record from another engine, or an edited or unverifiable one (unsafe, warned)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing record at --out")
+    _add_json(p)
     p.set_defaults(func=cmd_calibrate)
 
 
@@ -450,6 +527,7 @@ def _add_run(sub: _Subparsers) -> None:
     p.add_argument("--backend", choices=["auto", *BACKENDS])
     p.add_argument("--precision", choices=list(PRECISIONS))
     p.add_argument("--threads", type=int, metavar="N", help="ONNX Runtime CPU threads (default: the backend's)")
+    _add_json(p)
     p.set_defaults(func=cmd_run)
 
 
@@ -459,6 +537,7 @@ def _add_signals(sub: _Subparsers) -> None:
     q = signals_sub.add_parser("test", help="fire one test pulse on every configured output (wiring check); "
                                "exit 0 only when every output answered")
     q.add_argument("--config", required=True, help="run YAML with an `outputs:` list")
+    _add_json(q)
     q.set_defaults(func=cmd_signals_test)
 
 
@@ -504,6 +583,51 @@ def _add_demo(sub: _Subparsers) -> None:
     p.set_defaults(func=cmd_demo)
 
 
+SHELLS = ("bash", "zsh", "tcsh")
+
+
+def _add_completion(sub: _Subparsers) -> None:
+    p = sub.add_parser("completion", help="print a shell completion script: "
+                       "`edgead completion bash > /etc/bash_completion.d/edgead`",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="bash: save it under /etc/bash_completion.d/ (or source it from ~/.bashrc); zsh: save it "
+                              "as _edgead in a folder of $fpath; tcsh: source it from ~/.tcshrc")
+    p.add_argument("shell", choices=SHELLS)
+    p.set_defaults(func=cmd_completion)
+
+
+# Options that name a folder or a file: the completion offers those (the others: nothing, or their choices).
+_DIR_OPTIONS = {"--data", "--out", "--engine", "--model", "--good", "--defects", "--record", "--report",
+                "--calib-images", "--outbox-dir"}
+_FILE_OPTIONS = {"--config", "--calibration", "--check"}
+
+
+def _mark_paths(parser: argparse.ArgumentParser, shtab: Any) -> None:
+    """Tell shtab which options take a folder or a file (the attribute it reads on each action)."""
+    for action in parser._actions:
+        names = set(action.option_strings)
+        if names & _DIR_OPTIONS:
+            action.complete = shtab.DIRECTORY  # type: ignore[attr-defined]
+        elif names & _FILE_OPTIONS:
+            action.complete = shtab.FILE  # type: ignore[attr-defined]
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _mark_paths(child, shtab)
+
+
+def cmd_completion(args: argparse.Namespace) -> int:
+    """A static script (no Python runs at each Tab): regenerate it after an upgrade."""
+    try:
+        import shtab
+    except ImportError:
+        raise EdgeADError("shell completion needs the shtab package", 'pip install "shtab>=1.7" (edgead installs it; '
+                          "a partial install may lack it)") from None
+    parser = build_parser()
+    _mark_paths(parser, shtab)
+    print(shtab.complete(parser, shell=args.shell), end="")
+    return 0
+
+
 class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
     """Writes to whatever sys.stderr is at the time of the line (as logging's last-resort handler does)."""
 
@@ -528,6 +652,26 @@ def _log_to_stderr() -> None:
             root.setLevel(logging.WARNING)
 
 
+def _verbosity(args: argparse.Namespace) -> int:
+    """-q / -v as the progress module's level; the `edgead` loggers log DEBUG with -v."""
+    if args.quiet and args.verbose:
+        raise EdgeADError("-q and -v cannot be used together", "choose one: -q says less, -v more")
+    if args.verbose:
+        logging.getLogger("edgead").setLevel(logging.DEBUG)
+    return progress.QUIET if args.quiet else progress.VERBOSE if args.verbose else progress.NORMAL
+
+
+def _failed(args: argparse.Namespace, code: int, message: str, hint: str | None = None, what: str = "error: ") -> int:
+    """The error on stderr; with --json also as the one JSON document (a script reads why it failed)."""
+    progress.clear_line()
+    print(f"edgead {args.verb}: {what}{message}", file=sys.stderr)
+    if hint:
+        print(f"  hint: {hint}", file=sys.stderr)
+    if getattr(args, "json", False):
+        print(json_line({"error": message, "hint": hint, "exit_code": code}), flush=True)
+    return code
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     _log_to_stderr()
     parser = build_parser()
@@ -536,16 +680,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USER_ERROR
     func: Callable[[argparse.Namespace], int] = args.func
+    before = progress.verbosity()
     try:
+        progress.set_verbosity(_verbosity(args))
         return func(args)
     except EdgeADError as err:
-        print(f"edgead {args.verb}: error: {err.message}", file=sys.stderr)
-        if err.hint:
-            print(f"  hint: {err.hint}", file=sys.stderr)
-        return EXIT_USER_ERROR
+        return _failed(args, EXIT_USER_ERROR, err.message, err.hint)
     except KeyboardInterrupt:
-        print(f"edgead {args.verb}: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return _failed(args, EXIT_INTERRUPTED, "interrupted", what="")
+    finally:                                  # main() called again in the same process starts afresh
+        progress.set_verbosity(before)
+        logging.getLogger("edgead").setLevel(logging.NOTSET)
 
 
 if __name__ == "__main__":

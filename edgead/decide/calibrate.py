@@ -14,6 +14,7 @@ from typing import Any
 from edgead.data.images import list_images, read_image
 from edgead.data.mvtec import good_images, is_mvtec_root, test_samples
 from edgead.decide import thresholds as T
+from edgead.decide.progress import info
 from edgead.decide.record import build_record, check_out, write_record
 from edgead.decide.scoring import Scored, engine_info, score_images, source_hw
 from edgead.decide.text import Log, pct, stderr
@@ -93,9 +94,11 @@ def _one_image_size(good: Scored, defects: Scored | None) -> None:
 def calibrate(engine: str | Path, good: str | Path, defects: str | Path | None = None, target_frr: float = 0.001,
               method: str = "auto", out: str | Path | None = None, backend: str = "auto",
               precision: str | None = None, skip_bad: bool = False, min_defect_area: float | None = None,
-              mm_per_px: float | None = None, refits: int = 200, log: Log = print,
-              warn: Log = stderr, overwrite: bool = False) -> tuple[dict[str, Any], Path]:
+              mm_per_px: float | None = None, refits: int = 200, log: Log = info,
+              warn: Log = stderr, overwrite: bool = False, result: Log | None = None) -> tuple[dict[str, Any], Path]:
     """Score the folders with the engine, calibrate, write the record and its files; (record, yaml path).
+
+    `log` gets the step messages, `result` (default: `log`) the summary printed at the end.
 
     An existing record (or its figure or table) at `out` is replaced only with `overwrite`; a path that
     cannot be written is refused before any image is scored.
@@ -117,11 +120,11 @@ def calibrate(engine: str | Path, good: str | Path, defects: str | Path | None =
         area = _area_rule(min_defect_area, mm_per_px, good_list[0], spec, info["map_size"])
     min_px = area["min_area_px"] if area else None
     log(f"scoring {len(good_list)} good images with {info['name']} ({detector.backend}/{detector.precision})")
-    g = score_images(detector, spec, good_list, min_px, skip_bad, warn)
+    g = score_images(detector, spec, good_list, min_px, skip_bad, warn, label="scoring good images")
     d = None
     if bad_list:
         log(f"scoring {len(bad_list)} defective images")
-        d = score_images(detector, spec, bad_list, min_px, skip_bad, warn)
+        d = score_images(detector, spec, bad_list, min_px, skip_bad, warn, label="scoring defective images")
         if not d.paths:
             raise EdgeADError(f"none of the {len(bad_list)} defective images could be read", "fix or remove them")
     if area is not None:
@@ -131,7 +134,7 @@ def calibrate(engine: str | Path, good: str | Path, defects: str | Path | None =
     path = write_record(record, out, g.decision, d.decision if d else None, overwrite=overwrite)
     for w in record["warnings"]:
         warn(f"WARNING: {w}")
-    log(summary(record, path))
+    (result or log)(summary(record, path))
     return record, path
 
 

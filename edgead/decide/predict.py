@@ -22,9 +22,9 @@ import numpy as np
 from edgead.backends import load_detector
 from edgead.backends.manifest import engine_preprocessing
 from edgead.data.images import IMAGE_EXTENSIONS
+from edgead.decide.progress import Progress, info, warn
 from edgead.decide.record import decision_value, load_calibration
 from edgead.decide.scoring import read_input
-from edgead.decide.text import stderr
 from edgead.errors import EdgeADError
 from edgead.io import atomic_write_bytes, atomic_write_json, check_input, check_output, png_bytes
 from edgead.preprocess import to_display
@@ -45,9 +45,35 @@ def _overlay_name(relative: Path) -> str:
     return "__".join(relative.with_suffix("").parts) + "-overlay.png"
 
 
+def _predict_chunk(paths: list[Path], data: Path, out: Path, detector: Any, record: dict[str, Any], spec: Any,
+                   vrange: tuple[float, float], skip_bad: bool, rows: list[dict[str, Any]]) -> None:
+    """Score and decide one chunk of images: a row each in `rows`, an overlay per reject."""
+    images, inputs, kept = [], [], []
+    for path in paths:
+        got = read_input(path, spec, skip_bad, warn, skipped="recording as unreadable (not passed):")
+        if got is None:
+            rows.append({"file": str(path.relative_to(data)), "score": "", "decision": "unreadable", "margin": ""})
+            continue
+        images.append(got[0])
+        inputs.append(got[1])
+        kept.append(path)
+    if not kept:
+        return
+    scores, maps = detector.infer(np.stack(inputs))
+    for path, image, score, amap in zip(kept, images, scores, maps):
+        value, threshold = decision_value(float(score), amap, record)
+        reject = not value <= threshold                     # NaN rejects, as record.decide
+        relative = path.relative_to(data)
+        rows.append({"file": str(relative), "score": f"{float(score):.6g}",
+                     "decision": "reject" if reject else "pass", "margin": f"{value - threshold:.6g}"})
+        if reject:
+            overlay = heatmap_overlay(to_display(image, spec), amap, *vrange)
+            atomic_write_bytes(out / "rejects" / _overlay_name(relative), png_bytes(overlay))
+
+
 def predict(engine: str | Path, calibration: str | Path, data: str | Path, out: str | Path, *,
             backend: str = "auto", precision: str | None = None, skip_bad: bool = False, force: bool = False,
-            overwrite: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
+            overwrite: bool = False, log: Callable[[str], None] = info) -> dict[str, Any]:
     """Score and decide every image under `data`; write the CSV, the reject overlays and the summary."""
     data = check_input(data, kind="dir", what="--data", hint="give a folder of images (subfolders are read too)")
     check_input(engine, kind="dir", what="--engine", hint="give an engine folder written by `edgead build-engine`")
@@ -65,28 +91,10 @@ def predict(engine: str | Path, calibration: str | Path, data: str | Path, out: 
         shutil.rmtree(out / "rejects")
     (out / "rejects").mkdir(parents=True)
     rows: list[dict[str, Any]] = []
-    for start in range(0, len(paths), CHUNK):
-        images, inputs, kept = [], [], []
-        for path in paths[start:start + CHUNK]:
-            got = read_input(path, spec, skip_bad, stderr, skipped="recording as unreadable (not passed):")
-            if got is None:
-                rows.append({"file": str(path.relative_to(data)), "score": "", "decision": "unreadable", "margin": ""})
-                continue
-            images.append(got[0])
-            inputs.append(got[1])
-            kept.append(path)
-        if not kept:
-            continue
-        scores, maps = detector.infer(np.stack(inputs))
-        for path, image, score, amap in zip(kept, images, scores, maps):
-            value, threshold = decision_value(float(score), amap, record)
-            reject = not value <= threshold                     # NaN rejects, as record.decide
-            relative = path.relative_to(data)
-            rows.append({"file": str(relative), "score": f"{float(score):.6g}",
-                         "decision": "reject" if reject else "pass", "margin": f"{value - threshold:.6g}"})
-            if reject:
-                overlay = heatmap_overlay(to_display(image, spec), amap, *vrange)
-                atomic_write_bytes(out / "rejects" / _overlay_name(relative), png_bytes(overlay))
+    with Progress("predict", len(paths), "images") as bar:
+        for start in range(0, len(paths), CHUNK):
+            _predict_chunk(paths[start:start + CHUNK], data, out, detector, record, spec, vrange, skip_bad, rows)
+            bar.update(len(paths[start:start + CHUNK]))
     rows.sort(key=lambda r: r["file"])
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")

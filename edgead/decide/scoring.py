@@ -16,6 +16,7 @@ from edgead.protocols import Detector
 from edgead.backends.manifest import preprocess_spec, read_manifest
 from edgead.data.images import read_image
 from edgead.decide import thresholds as T
+from edgead.decide.progress import Progress
 from edgead.decide.text import Log, stderr
 from edgead.errors import EdgeADError
 from edgead.preprocess import PreprocessSpec, preprocess
@@ -61,12 +62,15 @@ def read_input(path: str | Path, spec: PreprocessSpec, skip_bad: bool, warn: Log
 
 
 def score_images(detector: Detector, spec: PreprocessSpec, paths: Sequence[Path], min_area_px: int | None = None,
-                 skip_bad: bool = False, warn: Log = stderr) -> Scored:
-    """Read, preprocess and score images in chunks; unreadable ones raise, or are skipped with skip_bad."""
+                 skip_bad: bool = False, warn: Log = stderr, label: str = "scoring images") -> Scored:
+    """Read, preprocess and score images in chunks (a progress bar named `label` counts them);
+    unreadable ones raise, or are skipped with skip_bad."""
     scores: list[np.ndarray] = []
     areas: list[np.ndarray] = []
     out = Scored(np.empty(0), None, [])
     batch: list[np.ndarray] = []
+    bar = Progress(label, len(paths), "images")
+    seen = 0
 
     def flush() -> None:
         s, maps = detector.infer(np.stack(batch))
@@ -74,20 +78,24 @@ def score_images(detector: Detector, spec: PreprocessSpec, paths: Sequence[Path]
         if min_area_px is not None:
             areas.append(T.area_scores(maps, min_area_px))
         batch.clear()
+        bar.update(seen - bar.done)
 
-    for p in paths:
-        got = read_input(p, spec, skip_bad, warn)
-        if got is None:
-            out.bad.append(Path(p))
-            continue
-        image, x = got
-        out.sizes.add(source_hw(image, spec))
-        out.paths.append(Path(p))
-        batch.append(x)
-        if len(batch) == CHUNK:
+    with bar:
+        for p in paths:
+            seen += 1
+            got = read_input(p, spec, skip_bad, warn)
+            if got is None:
+                out.bad.append(Path(p))
+                continue
+            image, x = got
+            out.sizes.add(source_hw(image, spec))
+            out.paths.append(Path(p))
+            batch.append(x)
+            if len(batch) == CHUNK:
+                flush()
+        if batch:
             flush()
-    if batch:
-        flush()
+        bar.update(seen - bar.done)
     out.scores = np.concatenate(scores) if scores else np.empty(0)
     out.area_scores = (np.concatenate(areas) if areas else np.empty(0)) if min_area_px is not None else None
     if not np.isfinite(out.decision).all():

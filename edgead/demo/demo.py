@@ -50,18 +50,27 @@ Log = Callable[[str], None]
 
 
 class Steps:
-    """Times each step and prints it, so a user sees where the minutes go."""
+    """Times each step and prints it, so a user sees where the minutes go: a line when a step starts
+    (which of the story's STAGES it is) and one when it ends; the long steps draw their own bars."""
+
+    STAGES = ("synthetic product", "training", "evaluation", "build-engine", "calibration", "conveyor video",
+              "run loop")
 
     def __init__(self, log: Log) -> None:
         self.log = log
         self.seconds: dict[str, float] = {}
+        self.started = time.perf_counter()
 
     def run(self, name: str, fn: Callable[[], Any]) -> Any:
-        self.log(f"[demo] {name} ...")
+        from edgead.decide.progress import duration
+
+        n = self.STAGES.index(name) + 1 if name in self.STAGES else len(self.seconds) + 1
+        self.log(f"[demo] step {n}/{len(self.STAGES)}: {name} ...")
         t0 = time.perf_counter()
         result = fn()
         self.seconds[name] = round(time.perf_counter() - t0, 1)
-        self.log(f"[demo] {name}: {self.seconds[name]:.1f} s")
+        self.log(f"[demo] {name}: {self.seconds[name]:.1f} s ({duration(time.perf_counter() - self.started)} "
+                 "since the start)")
         return result
 
 
@@ -239,6 +248,7 @@ def _train_config(quick: bool, epochs: int | None, seed: int, size: tuple[int, i
 def _build_line(steps: Steps, out: Path, root: Path, split: tuple[Path, Path, int, int], cfg: ModelConfig,
                 log: Log) -> _Line:
     """Train, evaluate, build the engines and calibrate: the commands a line engineer runs, in order."""
+    from edgead.data.mvtec import test_samples
     from edgead.decide.calibrate import calibrate
     from edgead.export.build import build_engine
     from edgead.training.evaluate import evaluate
@@ -251,8 +261,11 @@ def _build_line(steps: Steps, out: Path, root: Path, split: tuple[Path, Path, in
     manifest = steps.run("build-engine", lambda: build_engine(model_dir, engine_dir, max_batch=4, log=log,
                                                                      overwrite=True))
     cal_path = out / "calibration" / "demo.yaml"
-    record, _ = steps.run("calibration", lambda: calibrate(engine_dir, cal_dir, target_frr=TARGET_FRR, out=cal_path,
-                                                           log=log, overwrite=True))
+    # The threshold comes from the good parts only; the test defects are scored beside them so the
+    # histogram shows where they fall (calibrate never uses them for the threshold).
+    defects = root if any(s.label == 1 for s in test_samples(root)) else None
+    record, _ = steps.run("calibration", lambda: calibrate(engine_dir, cal_dir, defects=defects, target_frr=TARGET_FRR,
+                                                           out=cal_path, log=log, overwrite=True))
     return _Line(n_fit, n_cal, model_dir, engine_dir, cal_path, ev, manifest, record)
 
 
@@ -310,9 +323,15 @@ def _report_data(out: Path, product: str, quick: bool, steps: Steps, total_s: fl
                  cards: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     """Everything the report shows, in report.json's key order."""
     from edgead.demo.conveyor import stage_latencies
+    from edgead.demo.rates import belt_rows, catch_rates, operating_point
+    from edgead.runtime.overlay import heat_range
 
     ev, record, summary = line.evaluation, line.record, belt.summary
     engine = next(iter(line.manifest["engines"]))
+    rows = belt_rows(belt.parts, belt.events)
+    lo, hi = heat_range(record)
+    dfx = record.get("defects")
+    shown_defects = {k: dfx[k] for k in ("n", "escapes", "escape_rate", "f1_threshold")} if dfx else None
     return {
         "title": f"edgead demo: {product}",
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -326,7 +345,8 @@ def _report_data(out: Path, product: str, quick: bool, steps: Steps, total_s: fl
                    "precision": engine["precision"], "batch1_ms": round(belt.latency_ms, 2)},
         "calibration": {"threshold": record["threshold"], "method": record.get("method"),
                         "target_frr": record.get("target_frr"), "n_good": line.n_cal,
-                        "figure": str(line.cal_path.with_suffix(".png"))},
+                        "figure": str(line.cal_path.with_suffix(".png")),
+                        "defects": shown_defects},
         "conveyor": {**belt.scored, "fps": belt.fps, "kind": belt.conveyor["kind"], "codec": belt.conveyor["codec"],
                      "parts_per_s": summary.get("parts_per_s"), "latency_ms": stage_latencies(belt.events),
                      "run_summary": {k: summary[k] for k in ("parts", "passes", "rejects", "safe_actions",
@@ -336,6 +356,10 @@ def _report_data(out: Path, product: str, quick: bool, steps: Steps, total_s: fl
                   "decisions": str(out / "run" / "decisions.jsonl"), "conveyor": belt.conveyor["source"]},
         **cards,
         "roc_figure": str(out / "eval" / "roc.png"),
+        "belt": rows, "catch_rates": catch_rates(rows),
+        "operating_point": operating_point(rows, record["threshold"]),
+        "heat_scale": {"lo": lo, "hi": hi,
+                       "threshold": record["area"]["pixel_threshold"] if record["area"] else record["threshold"]},
     }
 
 

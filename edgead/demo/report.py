@@ -36,6 +36,7 @@ td,th{padding:5px 12px;border-bottom:1px solid #e5e9ee;text-align:right}th{backg
 figure{margin:0;background:#fff;padding:6px;border-radius:6px;box-shadow:0 1px 2px rgba(0,0,0,.08);width:min-content}
 figure img{height:%dpx;display:block}figcaption{font-size:12px;color:#57606a;margin-top:4px;min-width:%dpx}
 img.wide{max-width:100%%;background:#fff;border-radius:6px}
+img.bar{width:min(750px,100%%);display:block;margin:8px 0 2px;background:#fff;border-radius:6px}
 pre{background:#1d2327;color:#e6edf3;padding:12px 14px;border-radius:6px;overflow-x:auto;font-size:13px}
 .note{color:#57606a;font-size:13px}
 """ % (CARD_HEIGHT, CARD_HEIGHT)
@@ -176,15 +177,39 @@ def _model_quality(d: dict[str, Any]) -> list[str]:
     ]
 
 
+def figure_names(d: dict[str, Any]) -> list[str]:
+    """The figures the page shows, in page order (report.json lists them; the page draws exactly these)."""
+    names = ["calibration histogram"] if Path(d["calibration"]["figure"]).is_file() else []
+    rows = d.get("belt") or []
+    if any(r["score"] is not None for r in rows):
+        names.append("belt scores")
+    if d.get("operating_point"):
+        names.append("ROC with operating point")
+    if d.get("heat_scale"):
+        names += [f"colour bar: {key}" for key in ("rejected", "escaped", "hardest_good") if d[key]]
+    return names
+
+
+def _figure_img(png: bytes, alt: str, cls: str = "wide") -> str:
+    return f'<img class="{cls}" alt="{_e(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">'
+
+
 def _threshold(d: dict[str, Any]) -> list[str]:
-    """The calibrated threshold and, where it was written, its histogram."""
+    """The calibrated threshold and, where it was written, its histogram (defect scores shown, not used)."""
     cal = d["calibration"]
     cal_fig = Path(cal["figure"])
+    dfx = cal.get("defects")
+    shown = (f"The {dfx['n']} defective test parts' scores (orange) are drawn for judgement only: they were not used "
+             f"to set the threshold; {dfx['escapes']} of them score at or below it ({_pct(dfx['escape_rate'])}). "
+             "The dashed line is the threshold that would maximise F1 on these defects, for comparison."
+             if dfx else "No defective parts were scored with the calibration.")
     return [
         "<h2>Threshold (calibrated on good parts only)</h2>",
         f"<p>Threshold <b>{_num(cal['threshold'], 4)}</b>, method {_e(cal['method'])}, target "
         f"{_pct(cal['target_frr'])} false rejects, from {cal['n_good']} good parts the model never saw.</p>",
         f'<img class="wide" alt="calibration histogram" src="{png_data_uri(cal_fig)}">' if cal_fig.is_file() else "",
+        f'<p class="note">The threshold comes from the {cal["n_good"]} held-back good parts only (teal). '
+        f"{_e(shown)}</p>" if cal_fig.is_file() else "",
     ]
 
 
@@ -214,29 +239,91 @@ def _conveyor_run(d: dict[str, Any]) -> list[str]:
     return [
         "<h2>The conveyor run</h2>", belt,
         f'<p class="note">Escapes by defect type: {_e(escapes_by_type)}.</p>',
+        *_belt_scores(d), *_catch_table(d),
         "<h3>Latency per stage (capture to decision)</h3>", latency,
     ]
 
 
+def _belt_scores(d: dict[str, Any]) -> list[str]:
+    """Score against part index with the threshold: where the errors sit, and how close the rest came."""
+    if "belt scores" not in figure_names(d):
+        return []
+    from edgead.demo.figures import belt_scores_png
+
+    return ["<h3>Score of every part, in belt order</h3>",
+            _figure_img(belt_scores_png(d["belt"], d["calibration"]["threshold"]), "scores along the belt"),
+            '<p class="note">Colour: what the part really is; a cross: the line rejected it, a circle: it passed. '
+            "A teal cross is a false reject, a coloured circle an escape. The dashed line is the threshold.</p>"]
+
+
+def _interval(r: dict[str, Any]) -> str:
+    return "n/a" if r["ci95"] is None else f"{_pct(r['ci95'][0])} to {_pct(r['ci95'][1])}"
+
+
+def _catch_table(d: dict[str, Any]) -> list[str]:
+    """Catch rate per defect type and false-reject rate at the chosen threshold, with 95 % intervals."""
+    rates = d.get("catch_rates")
+    if not rates:
+        return []
+
+    def row(name: str, r: dict[str, Any]) -> list[Any]:
+        return [name, r["n"], r["k"], r["n"] - r["k"], _pct(r["rate"]), _interval(r)]
+
+    rows = [row(k, r) for k, r in rates["by_type"].items()] + [row("all defective", rates["all_defective"])]
+    g = rates["good_rejected"]
+    good = _table(["good parts", "on the belt", "rejected", "false-reject rate", "95 % interval (Wilson)"],
+                  [["good", g["n"], g["k"], _pct(g["rate"]), _interval(g)]])
+    return [f"<h3>Catch rate per defect type at threshold {_num(d['calibration']['threshold'], 4)}</h3>",
+            _table(["defect type", "on the belt", "rejected", "passed", "catch rate", "95 % interval (Wilson)"],
+                   rows), good,
+            '<p class="note">Counted from the run loop\'s decisions (a safe action counts as a reject). The '
+            "intervals say how sure a belt this short can be: with few parts of a type they are wide.</p>"]
+
+
 def _galleries(d: dict[str, Any]) -> list[str]:
-    """Heatmaps of the rejected parts, the escapes and the hardest good parts."""
+    """Heatmaps of the rejected parts, the escapes and the hardest good parts, each with its colour bar."""
+    bar = _colour_bar(d)
+    shown = figure_names(d)
+
+    def with_bar(key: str) -> str:
+        return bar if f"colour bar: {key}" in shown else ""
+
     return [
         f"<h2>Rejected parts ({len(d['rejected'])})</h2>",
-        _gallery(d["rejected"], "No part was rejected."),
+        _gallery(d["rejected"], "No part was rejected."), with_bar("rejected"),
         f"<h2>Defective parts that passed ({len(d['escaped'])})</h2>",
-        _gallery(d["escaped"], "None: every defective part was rejected."),
+        _gallery(d["escaped"], "None: every defective part was rejected."), with_bar("escaped"),
         "<h2>Hardest good parts (highest scores that still passed or were rejected)</h2>",
-        _gallery(d["hardest_good"], "No good parts on the belt."),
-        '<p class="note">Heatmaps share one colour scale: blue is a typical good part, red reaches the threshold.</p>',
+        _gallery(d["hardest_good"], "No good parts on the belt."), with_bar("hardest_good"),
+        '<p class="note">Heatmaps share one colour scale, the bar under each gallery, in score units (a part\'s '
+        "score is its map's maximum): blue is a typical good part's peak, the black line the threshold; colours "
+        "are blended half over the part's image.</p>",
     ]
 
 
+def _colour_bar(d: dict[str, Any]) -> str:
+    """The colour bar of the heatmaps (one image, shown under every gallery), or nothing without a scale."""
+    scale = d.get("heat_scale")
+    if not scale:
+        return ""
+    from edgead.demo.figures import colorbar_png
+
+    return _figure_img(colorbar_png(scale["lo"], scale["hi"], scale["threshold"]), "heatmap colour scale", "bar")
+
+
 def _roc(d: dict[str, Any]) -> list[str]:
-    """The evaluation's ROC figure, where it was written."""
-    roc = Path(d.get("roc_figure") or "")
-    if not roc.is_file():
+    """The ROC curve of the belt's scores with the chosen threshold's operating point."""
+    if "ROC with operating point" not in figure_names(d):
         return []
-    return ["<h2>Image ROC on the test split</h2>", f'<img class="wide" alt="ROC curve" src="{png_data_uri(roc)}">']
+    from edgead.demo.figures import roc_png
+
+    op = d["operating_point"]
+    return ["<h2>ROC of the belt, and where the threshold puts the line</h2>",
+            _figure_img(roc_png(d["belt"], op), "ROC curve with the operating point"),
+            f'<p class="note">The engine\'s scores of the {op["n_good"]} good and {op["n_defective"]} defective parts '
+            f"on the belt (the test split). The star is the calibrated threshold {_num(op['threshold'], 4)}: "
+            f"{_pct(op['fpr'])} of good parts rejected, {_pct(op['tpr'])} of defects caught. The evaluation's image "
+            f"AUROC of the trained model on the same parts: {_num(d['evaluation']['image_auroc'])}.</p>"]
 
 
 def _next_steps(d: dict[str, Any]) -> list[str]:
@@ -254,6 +341,7 @@ def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
     out = dict(d)
     for key in ("rejected", "escaped", "hardest_good"):
         out[key] = [{k: v for k, v in card.items() if k != "image"} for card in d[key]]
+    out["figures"] = figure_names(d)
     return out
 
 

@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterator
 from edgead import __version__
 from edgead.backends.manifest import (BACKENDS, FORMAT, OPENVINO_PRECISIONS, PRECISIONS, ROLES, read_manifest,
                                       tensorrt_unusable_reason, verify_files, write_manifest)
+from edgead.decide.progress import Progress, info
 from edgead.errors import EdgeADError
 from edgead.export.tensorrt_build import TIMING_CACHE
 from edgead.io import MIN_FREE_MB, WRITE_ERRORS, check_input, check_output, sha256_file, write_reason
@@ -184,7 +185,7 @@ def _replace(stage: Path, out: Path) -> None:
 def build_engine(model_dir: str | Path, out: str | Path | None = None, *, backend: str = "auto",
                  precision: str = "fp16", max_batch: int = 8, workspace_mib: int = 1024, dla_core: int | None = None,
                  map_size: tuple[int, int] | None = None, overwrite: bool = False,
-                 calib_images: str | Path | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+                 calib_images: str | Path | None = None, log: Callable[[str], None] = info) -> dict[str, Any]:
     """`build-engine --model`: export the model's ONNX graphs and build the engines; returns the manifest.
 
     calib_images: good parts to quantise with; given, the folder gets INT8 engines too (and
@@ -211,17 +212,23 @@ def build_engine(model_dir: str | Path, out: str | Path | None = None, *, backen
 
     start = time.perf_counter()
     model, metadata = load_model(model_dir, "cpu")       # a bad config or weights file stops here
-    with _staging(out, (TIMING_CACHE,) if use_trt else ()) as stage:
+    # The steps, each shown as it finishes: FP32 and FP16 export, INT8 calibration, OpenVINO's check, TensorRT.
+    bar = Progress("build-engine", 3 + (calib_dir is not None) + use_trt, "steps")
+    with bar, _staging(out, (TIMING_CACHE,) if use_trt else ()) as stage:
         provenance = {"model_fingerprint": sha256_file(model_dir / WEIGHTS_FILE),
                       "data_fingerprint": str(metadata["data"]["fingerprint"])}
         graphs = export_onnx(model, stage, map_size, provenance)
+        bar.update(1, note="FP32 ONNX exported")
         fp16 = export_onnx_fp16(model, stage, map_size, provenance)
+        bar.update(1, note="FP16 ONNX exported")
         files = {precision: {role: pair[role]["file"] for role in ROLES} for precision, pair in
                  (("fp32", graphs), ("fp16", fp16))}
         if calib_dir is not None:
             files["int8"] = _quantize(stage, files["fp32"], graphs["feature_names"], calib_dir,
                                       model.cfg.input, log)
+            bar.update(1, note="INT8 graphs calibrated")
         engines = _onnx_entries(files, max_batch) + openvino_entries(stage, files, max_batch, log)
+        bar.update(1, note="OpenVINO checked")
         if use_trt:
             from edgead.export.tensorrt_build import build_engines
 
@@ -235,6 +242,7 @@ def build_engine(model_dir: str | Path, out: str | Path | None = None, *, backen
                 if backend == "tensorrt":
                     raise
                 trt_reason = f"its build failed: {exc.message}"     # auto: the ONNX Runtime folder is still whole
+            bar.update(1, note="TensorRT built" if trt_reason is None else "TensorRT failed")
         manifest = write_manifest(stage, _manifest(model_dir, model, metadata, graphs, engines))
     built = ", ".join(f"{e['backend']}/{e['precision']}" for e in engines)
     log(f"engines written to {out} ({built}) in {time.perf_counter() - start:.1f} s"
@@ -260,7 +268,7 @@ def _onnx_entry(manifest: dict[str, Any], precision: str) -> dict[str, Any] | No
 
 def rebuild_tensorrt(engine_dir: str | Path, *, precision: str = "fp16", max_batch: int | None = None,
                      workspace_mib: int = 1024, dla_core: int | None = None,
-                     log: Callable[[str], None] = print) -> dict[str, Any]:
+                     log: Callable[[str], None] = info) -> dict[str, Any]:
     """`build-engine --engine`: build (or replace) the TensorRT entry of an engine folder on this device;
     returns the manifest. Adding to the folder is what this does, so it needs no overwrite; the folder
     must be writable and have room for the plans, checked before the build."""
@@ -298,7 +306,7 @@ def rebuild_tensorrt(engine_dir: str | Path, *, precision: str = "fp16", max_bat
     return manifest
 
 
-def add_openvino(engine_dir: str | Path, *, log: Callable[[str], None] = print) -> dict[str, Any]:
+def add_openvino(engine_dir: str | Path, *, log: Callable[[str], None] = info) -> dict[str, Any]:
     """`build-engine --engine DIR --backend openvino`: add (or renew) the OpenVINO entries of a folder on the
     box that runs them, from its own FP32 and INT8 ONNX graphs; returns the manifest. No torch needed."""
     from edgead.backends import openvino as ov_backend

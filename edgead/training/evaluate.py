@@ -15,6 +15,7 @@ import torch
 
 from edgead.data.images import load_image, read_image
 from edgead.data.mvtec import Sample, test_samples
+from edgead.decide.progress import Progress, info
 from edgead.training.device import pick_device
 from edgead.errors import EdgeADError
 from edgead.io import atomic_write_json, check_input, check_output, write_failed
@@ -36,30 +37,32 @@ def score_samples(model: DualKD, samples: list[Sample], batch_size: int, device:
     maps: list[np.ndarray] = []
     batch: list[np.ndarray] = []
     batch_samples: list[Sample] = []
+    bar = Progress("eval", len(samples), "images")
 
     def flush() -> None:
-        if not batch:
-            return
-        amap, score = model(torch.from_numpy(np.stack(batch)).to(device))
-        maps.append(amap[:, 0].float().cpu().numpy())
-        scores.append(score.float().cpu().numpy())
-        kept.extend(batch_samples)
-        batch.clear()
-        batch_samples.clear()
+        if batch:
+            amap, score = model(torch.from_numpy(np.stack(batch)).to(device))
+            maps.append(amap[:, 0].float().cpu().numpy())
+            scores.append(score.float().cpu().numpy())
+            kept.extend(batch_samples)
+            batch.clear()
+            batch_samples.clear()
+        bar.update(len(kept) + len(bad) - bar.done)
 
     min_side = model.cfg.min_input_size()[0]
-    for sample in samples:
-        try:
-            batch.append(load_image(sample.path, spec, min_side))
-        except EdgeADError:
-            if not skip_bad:
-                raise
-            bad.append(sample.path)
-            continue
-        batch_samples.append(sample)
-        if len(batch) == batch_size:
-            flush()
-    flush()
+    with bar:
+        for sample in samples:
+            try:
+                batch.append(load_image(sample.path, spec, min_side))
+            except EdgeADError:
+                if not skip_bad:
+                    raise
+                bad.append(sample.path)
+                continue
+            batch_samples.append(sample)
+            if len(batch) == batch_size:
+                flush()
+        flush()
     if not kept:
         raise EdgeADError("no readable test image", "check the test folder")
     return kept, np.concatenate(scores), np.concatenate(maps), bad
@@ -80,7 +83,7 @@ def load_masks(samples: list[Sample], spec: PreprocessSpec) -> list[np.ndarray |
 
 def evaluate(model_dir: str | Path, data: str | Path, out: str | Path | None = None, *, batch_size: int = 8,
              device: str | None = None, skip_bad: bool = False, figures: bool = True,
-             log: Callable[[str], None] = print) -> dict[str, Any]:
+             log: Callable[[str], None] = info) -> dict[str, Any]:
     """Metrics of the model in `model_dir` on the test split of `data`; with `out`, also eval.json and
     the figures there, so a report can be read and compared without the model or a torch install."""
     if not is_int(batch_size) or batch_size < 1:

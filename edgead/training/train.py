@@ -19,12 +19,12 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from edgead import __version__
 from edgead.model.config import ModelConfig
 from edgead.data.images import load_batch
 from edgead.data.mvtec import good_images
+from edgead.decide.progress import Progress, duration, info
 from edgead.training.device import pick_device
 from edgead.errors import EdgeADError
 from edgead.io import atomic_write_bytes, check_input, check_output, sha256_file, write_failed
@@ -38,6 +38,9 @@ CHECKPOINT = Path("checkpoint") / "last.pt"
 DATA_HINT = "give a folder of good images, or an MVTec category root (with train/good/)"
 CHECKPOINT_KEYS = {"model", "best", "optimizer", "scheduler", "epoch", "best_epoch", "best_val", "history", "config",
                    "data_fingerprint", "torch_rng"}
+PROBE_WARMUP = 1       # the first step (allocations, lazy initialisation, autotuning) is not timed ...
+PROBE_STEPS = 3        # ... the next ones are: their mean times every step of the run
+VAL_STEP_SHARE = 1 / 3  # a validation batch (forward only) costs about a third of a training step
 
 
 @dataclass
@@ -154,6 +157,36 @@ class _Progress:
     history: list[dict[str, Any]] = field(default_factory=list)
     best_state: dict[str, Any] = field(default_factory=dict)
     interrupted: bool = False
+    estimate: dict[str, Any] | None = None      # the probe's training-time estimate (not checkpointed)
+
+
+class _Probe:
+    """The training-time estimate, from the run's own first steps: one warm-up step untimed, then
+    PROBE_STEPS timed, extrapolated to every step (and validation pass) of the run. The probe steps are
+    real training steps and count toward training: nothing is repeated, discarded or reset."""
+
+    def __init__(self, steps: int, epochs: int, val_batches: int, log: Callable[[str], None]) -> None:
+        self.steps, self.epochs, self.val_batches, self.log = steps, epochs, val_batches, log
+        self.seen = 0
+        self.times: list[float] = []
+        self.estimate: dict[str, Any] | None = None
+
+    def step(self, seconds: float) -> None:
+        if self.estimate is not None:
+            return
+        self.seen += 1
+        if self.seen > PROBE_WARMUP:
+            self.times.append(seconds)
+        if len(self.times) == PROBE_STEPS or self.seen >= self.steps:
+            self._report(self.times or [seconds])
+
+    def _report(self, times: list[float]) -> None:
+        per_step = sum(times) / len(times)
+        total = per_step * (self.steps + self.epochs * self.val_batches * VAL_STEP_SHARE)
+        self.estimate = {"seconds": round(total, 1), "step_ms": round(1000 * per_step, 1), "probe_steps": len(times),
+                         "steps": self.steps, "probe_counted": True}
+        self.log(f"estimated training time: ~{duration(total)} (from a {len(times)}-step probe: {self.steps} steps "
+                 f"of {1000 * per_step:.0f} ms and {self.epochs} validation passes)")
 
 
 def _load_images(data: str | Path, cfg: ModelConfig, model: DualKD, dev: torch.device, skip_bad: bool,
@@ -203,8 +236,12 @@ def _epochs(out: Path, cfg: ModelConfig, model: DualKD, im: _Images, dev: torch.
     rng = np.random.default_rng(cfg.train.seed + state.first_epoch)
     frozen_from = bn_frozen_from(cfg)
     epoch = state.first_epoch - 1
-    bar = tqdm(total=cfg.train.epochs * steps_per_epoch, initial=state.first_epoch * steps_per_epoch,
-               disable=not progress, unit="step", dynamic_ncols=True)
+    epochs_left = cfg.train.epochs - state.first_epoch
+    probe = _Probe(epochs_left * steps_per_epoch, epochs_left, len(batches(len(im.val), cfg.train.batch_size, None)),
+                   log)
+    bar = Progress("training", cfg.train.epochs * steps_per_epoch, "steps",
+                   initial=state.first_epoch * steps_per_epoch, enabled=progress)
+    failed = True
     try:
         for epoch in range(state.first_epoch, cfg.train.epochs):
             if epoch == frozen_from:
@@ -214,27 +251,32 @@ def _epochs(out: Path, cfg: ModelConfig, model: DualKD, im: _Images, dev: torch.
                 freeze_batchnorm(model)
             running = 0.0
             for idx in batches(len(im.train), cfg.train.batch_size, rng):
+                t0 = time.perf_counter()
                 loss = kd_loss(take(im.train_cache, idx, dev), model.student_features(im.train[idx].to(dev)),
                                cfg.train.hard_fraction)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
                 scheduler.step()
-                running += float(loss.detach())
-                bar.update(1)
-                bar.set_postfix(epoch=f"{epoch + 1}/{cfg.train.epochs}", loss=f"{float(loss.detach()):.4f}")
+                step_loss = float(loss.detach())          # waits for the device: the step's time is whole
+                probe.step(time.perf_counter() - t0)
+                running += step_loss
+                bar.update(1, note=f"epoch {epoch + 1}/{cfg.train.epochs}, loss {step_loss:.4f}")
             val = _val_loss(model, im.val, im.val_cache, cfg.train.batch_size, dev)
             state.history.append({"epoch": epoch + 1, "train_loss": running / steps_per_epoch, "val_loss": val})
             if val < state.best_val:
                 state.best_val, state.best_epoch, state.best_state = val, epoch + 1, model.student_state()
             _save_checkpoint(out, model, state.best_state, optimizer, scheduler, epoch, state.best_epoch,
                              state.best_val, state.history, cfg, im.fingerprint)
+        failed = False
     except KeyboardInterrupt:
+        bar.close(failed=True)
         state.interrupted = True
-        log(f"\ninterrupted during epoch {epoch + 1}: the checkpoint after epoch {len(state.history)} is kept; "
+        log(f"interrupted during epoch {epoch + 1}: the checkpoint after epoch {len(state.history)} is kept; "
             f"continue with --resume")
     finally:
-        bar.close()
+        bar.close(failed=failed)
+        state.estimate = probe.estimate
 
 
 def epochs_for_budget(cfg: ModelConfig, steps_per_epoch: int, log: Callable[[str], None]) -> ModelConfig:
@@ -251,7 +293,9 @@ def epochs_for_budget(cfg: ModelConfig, steps_per_epoch: int, log: Callable[[str
 
 def train(data: str | Path, out: str | Path, cfg: ModelConfig, *, skip_bad: bool = False, resume: bool = False,
           overwrite: bool = False, device: str | None = None, progress: bool = True,
-          log: Callable[[str], None] = print) -> TrainResult:
+          log: Callable[[str], None] = info) -> TrainResult:
+    """Train the students on the good images of `data` into `out`. Before the bulk of the work, `log`
+    gets an estimate of the training time, timed on the first steps (metadata: training.estimate)."""
     check_input(data, kind="dir", what="--data", hint=DATA_HINT)
     out = check_output(out, kind="dir", what="--out", overwrite=True, min_free_mb=0)   # a model already there: below
     if (out / METADATA_FILE).exists() and not (resume or overwrite):
@@ -317,7 +361,8 @@ def _metadata(data: str | Path, cfg: ModelConfig, model: DualKD, im: _Images, st
         "training": {"epochs_planned": cfg.train.epochs, "epochs_done": len(history), "best_epoch": state.best_epoch,
                      "best_val_loss": state.best_val, "final_train_loss": history[-1]["train_loss"],
                      "seconds": round(seconds, 1), "seconds_per_epoch": round(loop_seconds / epochs_this_run, 2),
-                     "device": str(dev), "interrupted": state.interrupted, "history": history},
+                     "device": str(dev), "interrupted": state.interrupted, "estimate": state.estimate,
+                     "history": history},
         "parameters": describe(model),
         **stats,
     }

@@ -87,7 +87,9 @@ def test_report_shows_the_json_numbers_and_embeds_every_image(demo):
     assert not re.search(r'(src|href)="(https?:)?//', page)
     srcs = _data_uris(page)
     n_cards = len(r["rejected"]) + len(r["escaped"]) + len(r["hardest_good"])
-    assert len(srcs) == n_cards + 1 + (1 if Path(r["roc_figure"]).is_file() else 0)   # + calibration histogram
+    assert len(srcs) == n_cards + len(r["figures"])        # + the figures (tests/demo/test_report_figures.py)
+    assert r["figures"][:3] == ["calibration histogram", "belt scores", "ROC with operating point"]
+    assert r["calibration"]["defects"]["n"] == c["defective"]   # defect scores shown on the histogram
     for src in srcs:
         assert src.startswith("data:image/png;base64,")
         img = cv2.imdecode(np.frombuffer(base64.b64decode(src.split(",", 1)[1]), np.uint8), cv2.IMREAD_COLOR)

@@ -188,7 +188,7 @@ def test_eval_refuses_a_bad_out_and_batch_size_before_loading(tmp_path, tiny_mod
 
 def test_eval_names_a_tiny_test_image_and_a_full_disk(tmp_path, tiny_model, tiny_product, capsys, monkeypatch):
     tiny = _with_tiny_image(tiny_product, tmp_path / "data", "test/good")
-    base = ["eval", "--model", str(tiny_model), "--data", str(tmp_path / "data")]
+    base = ["eval", "-q", "--model", str(tiny_model), "--data", str(tmp_path / "data")]   # -q: no progress lines
     assert f"error: image {tiny} is 1x1 pixels" in _err([*base, "--out", str(tmp_path / "ev")], capsys)
     assert main([*base, "--out", str(tmp_path / "ev"), "--skip-bad"]) == 0
     report = json.loads((tmp_path / "ev" / "eval.json").read_text())
