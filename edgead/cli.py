@@ -275,9 +275,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.allow_degraded:
         over["allow_degraded"] = True
     say = _Say(args)
-    summary = run(load_run_config(args.config, over), force=args.force, out=say.result)
+    summary = run(load_run_config(args.config, over), force=args.force, out=say.result, log=_run_log)
     say.document(summary)
     return int(summary["exit_code"])
+
+
+RUN_FAULT_LINES = ("WARNING", "ERROR", "ALARM")
+
+
+def _run_log(line: str) -> None:
+    """The run's messages on stderr; with -q only its warnings, errors and alarms (a camera's name may lead)."""
+    from edgead.errors import redact_text
+
+    bare = line[line.index("] ") + 2:] if line.startswith("[") and "] " in line else line
+    if not progress.is_quiet() or bare.startswith(RUN_FAULT_LINES):
+        progress.say(redact_text(line), sys.stderr)
 
 
 def cmd_signals_test(args: argparse.Namespace) -> int:
@@ -661,14 +673,18 @@ def _verbosity(args: argparse.Namespace) -> int:
     return progress.QUIET if args.quiet else progress.VERBOSE if args.verbose else progress.NORMAL
 
 
-def _failed(args: argparse.Namespace, code: int, message: str, hint: str | None = None, what: str = "error: ") -> int:
+def _failed(args: argparse.Namespace, code: int, message: str, hint: str | None = None, what: str = "error: ",
+            summary: dict[str, Any] | None = None) -> int:
     """The error on stderr; with --json also as the one JSON document (a script reads why it failed)."""
     progress.clear_line()
     print(f"edgead {args.verb}: {what}{message}", file=sys.stderr)
     if hint:
         print(f"  hint: {hint}", file=sys.stderr)
     if getattr(args, "json", False):
-        print(json_line({"error": message, "hint": hint, "exit_code": code}), flush=True)
+        doc = {"error": message, "hint": hint, "exit_code": code}
+        if summary is not None:
+            doc["summary"] = summary
+        print(json_line(doc), flush=True)
     return code
 
 
@@ -685,7 +701,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         progress.set_verbosity(_verbosity(args))
         return func(args)
     except EdgeADError as err:
-        return _failed(args, EXIT_USER_ERROR, err.message, err.hint)
+        return _failed(args, EXIT_USER_ERROR, err.message, err.hint, summary=getattr(err, "summary", None))
     except KeyboardInterrupt:
         return _failed(args, EXIT_INTERRUPTED, "interrupted", what="")
     finally:                                  # main() called again in the same process starts afresh

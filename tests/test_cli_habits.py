@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import logging
 import subprocess
 from pathlib import Path
@@ -174,6 +175,26 @@ def test_run_json_is_the_summary_with_its_exit_code(engine, calibrated, tiny_pro
     summary = json.loads(out)
     assert code == summary["exit_code"] == 0 and summary["parts"] == 6
     assert "inspecting" in err
+
+
+def test_quiet_run_prints_the_summary_and_its_faults_only(engine, calibrated, tiny_product, capsys):
+    code = main(["-q", "run", "--engine", str(engine), "--calibration", str(calibrated), "--camera",
+                 str(tiny_product / "test" / "good"), "--deadline-ms", "5000", "--threads", "1"])
+    out, err = capsys.readouterr()
+    assert code == 0 and "parts" in out and "inspecting" not in err
+
+
+def test_run_json_of_a_fatal_fault_carries_the_summary(engine, calibrated, tiny_product, tmp_path, capsys):
+    # a replay with a corrupt file: the run stops on it, and the script still gets what was decided
+    folder = tmp_path / "replay"
+    shutil.copytree(tiny_product / "test" / "good", folder)
+    (folder / "003_corrupt.png").write_bytes(b"not an image")
+    code = main(["run", "--engine", str(engine), "--calibration", str(calibrated), "--camera", str(folder),
+                 "--threads", "1", "--json"])
+    out, err = capsys.readouterr()
+    doc = json.loads(out)
+    assert code == doc["exit_code"] != 0 and "003_corrupt.png" in doc["error"]
+    assert doc["summary"]["parts"] >= 1 and doc["summary"]["source"]["unreadable"] == 1
 
 
 def test_signals_test_json_per_output(tmp_path, capsys):

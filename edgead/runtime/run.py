@@ -270,6 +270,7 @@ def _finish(loop: Loop, recorder: Recorder | None, run_info: dict[str, Any], war
     summary["exit_code"] = _exit_code(loop, summary)
     out(format_summary(summary))
     if loop.fatal is not None:
+        loop.fatal.summary = summary     # type: ignore[attr-defined]  # `run --json` prints it with the error
         raise loop.fatal
     return summary
 
