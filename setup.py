@@ -21,8 +21,10 @@ OPENVINO = ["openvino>=2024.0"]
 # on 3.8 only older releases with other APIs exist, so nothing is installed and the outputs say so.
 # EtherNet/IP (pylogix, pure Python) runs on 3.8 too.
 PLANT = ["asyncua>=1.1; python_version >= '3.10'", "python-snap7>=3,<4; python_version >= '3.10'", "pylogix>=1.0"]
+# Triton: the client of a central Triton Inference Server (`detector: triton://host:8001/MODEL`), gRPC.
+TRITON = ["tritonclient[grpc]>=2.40"]
 # cpppo: the EtherNet/IP Logix simulator the enip output's tests write tags to (a test peer, never shipped)
-DEV = ["pytest>=7", "scikit-learn>=1.3", "mypy>=1.8", *SIGNALS, *OPENVINO, *PLANT, "cpppo>=5"]
+DEV = ["pytest>=7", "scikit-learn>=1.3", "mypy>=1.8", *SIGNALS, *OPENVINO, *PLANT, *TRITON, "cpppo>=5"]
 
 setup(
     name="edgead",
@@ -49,6 +51,7 @@ setup(
         "signals": SIGNALS,
         "plant": PLANT,
         "openvino": OPENVINO,
+        "triton": TRITON,
         "dev": DEV,
     },
     entry_points={"console_scripts": ["edgead=edgead.cli:main"]},

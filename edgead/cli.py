@@ -171,6 +171,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_build_engine(args: argparse.Namespace) -> int:
     say = _Say(args)
+    if args.triton_repo:
+        return _triton_repository(args, say)
+    if args.name or args.triton_device:
+        raise EdgeADError("--name and --triton-device belong to --triton-repo", "add --triton-repo DIR, or drop them")
+    precision = args.precision or "fp16"
     if args.engine:
         from edgead.export.build import add_openvino, rebuild_tensorrt
 
@@ -181,17 +186,33 @@ def cmd_build_engine(args: argparse.Namespace) -> int:
         if args.backend == "openvino":
             add_openvino(args.engine, log=say.result)
             return 0
-        rebuild_tensorrt(args.engine, precision=args.precision, max_batch=args.max_batch_given,
+        rebuild_tensorrt(args.engine, precision=precision, max_batch=args.max_batch_given,
                          workspace_mib=args.workspace, dla_core=args.dla, log=say.result)
         return 0
     _needs_workstation("build-engine --model (the ONNX export)")
     from edgead.export.build import build_engine
 
-    build_engine(args.model, args.out, backend=args.backend, precision=args.precision,
+    build_engine(args.model, args.out, backend=args.backend, precision=precision,
                  max_batch=8 if args.max_batch_given is None else args.max_batch_given,
                  workspace_mib=args.workspace, dla_core=args.dla,
                  map_size=tuple(args.map_size) if args.map_size else None, overwrite=args.overwrite,
                  calib_images=args.calib_images, log=say.result)
+    return 0
+
+
+def _triton_repository(args: argparse.Namespace, say: _Say) -> int:
+    """`build-engine --engine E --triton-repo DIR`: the engine folder as a Triton Inference Server model repository."""
+    from edgead.export.triton_repo import write_triton_repository
+
+    if not args.engine:
+        raise EdgeADError("--triton-repo writes a repository from an engine folder", "use --engine engines/NAME "
+                          "(build it first with `edgead build-engine --model ...`)")
+    if args.backend == "openvino" or args.out or args.map_size or args.calib_images:
+        raise EdgeADError("--triton-repo serves the folder's ONNX Runtime graphs or TensorRT plans; --backend "
+                          "openvino, --out, --map-size and --calib-images do not apply", "drop them")
+    write_triton_repository(args.engine, args.triton_repo, name=args.name, precision=args.precision,
+                            device=args.triton_device or "gpu", backend=args.backend, overwrite=args.overwrite,
+                            log=say.result)
     return 0
 
 
@@ -255,6 +276,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from edgead.runtime.run import run
     from edgead.runtime.config import load_run_config
+    from edgead.runtime.station import is_station, run_station_file
 
     over: dict = {k: v for k, v in (("engine", args.engine), ("calibration", args.calibration),
                                     ("backend", args.backend), ("precision", args.precision),
@@ -275,7 +297,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.allow_degraded:
         over["allow_degraded"] = True
     say = _Say(args)
-    summary = run(load_run_config(args.config, over), force=args.force, out=say.result, log=_run_log)
+    if is_station(args.config):   # a `cameras:` list: several cameras on one box (edgead.runtime.station)
+        summary = run_station_file(args.config, over, force=args.force, out=say.result, log=_run_log)
+    else:
+        summary = run(load_run_config(args.config, over), force=args.force, out=say.result, log=_run_log)
     say.document(summary)
     return int(summary["exit_code"])
 
@@ -435,12 +460,14 @@ def _add_build_engine(sub: _Subparsers) -> None:
     src.add_argument("--engine", help="engine folder exported elsewhere: build its TensorRT engines on this device "
                      "(a Jetson), no torch needed")
     p.add_argument("--out", help="engine folder (default: engines/<model name>)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing engine folder in --out")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing engine folder in --out (or the "
+                   "repository in --triton-repo)")
     p.add_argument("--backend", choices=["auto", *BACKENDS], default="auto",
                    help="auto: TensorRT where usable, plus ONNX Runtime (and OpenVINO where installed) always; "
                         "with --engine: tensorrt (default) or openvino")
-    p.add_argument("--precision", choices=list(PRECISIONS), default="fp16",
-                   help="TensorRT precision (int8 needs --calib-images)")
+    p.add_argument("--precision", choices=list(PRECISIONS), default=None,
+                   help="TensorRT precision, default fp16 (int8 needs --calib-images); with --triton-repo: the "
+                        "engine to serve (default: the TensorRT plan on a GPU, else the CPU default)")
     p.add_argument("--calib-images", metavar="DIR", help="good parts (50-200, the ones you calibrate the threshold "
                    "with): adds INT8 engines quantised on them, the fastest on a CPU")
     p.add_argument("--max-batch", type=int, dest="max_batch_given", metavar="N", help="largest batch (default 8; with --engine: "
@@ -449,6 +476,12 @@ def _add_build_engine(sub: _Subparsers) -> None:
     p.add_argument("--dla", type=int, help="Jetson DLA core (GPU fallback for unsupported layers)")
     p.add_argument("--map-size", type=int, nargs=2, metavar=("H", "W"),
                    help="anomaly map resolution returned by the engine (default: the input size)")
+    p.add_argument("--triton-repo", metavar="DIR", help="with --engine: write a Triton Inference Server model "
+                   "repository to DIR (teacher, student and their ensemble, edgead's manifest in its config) "
+                   "instead of building")
+    p.add_argument("--name", help="with --triton-repo: the served model's name (default: the engine folder's name)")
+    p.add_argument("--triton-device", choices=["gpu", "cpu"], default=None,
+                   help="with --triton-repo: where the server runs the models (KIND_GPU, the default, or KIND_CPU)")
     p.set_defaults(func=cmd_build_engine)
 
 

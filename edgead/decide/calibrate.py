@@ -11,6 +11,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from edgead.backends.triton import is_triton_url
 from edgead.data.images import list_images, read_image
 from edgead.data.mvtec import good_images, is_mvtec_root, test_samples
 from edgead.decide import thresholds as T
@@ -53,7 +54,7 @@ ENGINE_HINT = "give an engine folder written by `edgead build-engine` (e.g. --en
 
 def check_inputs(engine: str | Path | None, good: str | Path, defects: str | Path | None = None) -> None:
     """--engine, --good and --defects exist and can be read (a folder each), before any image is scored."""
-    if engine is not None:
+    if engine is not None and not is_triton_url(engine):     # a served model is checked when it is opened
         check_input(engine, kind="dir", what="--engine", hint=ENGINE_HINT)
     check_input(good, kind="dir", what="--good", hint="give a folder of good images, or an MVTec category root")
     if defects is not None:

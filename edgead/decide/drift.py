@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from edgead.backends.triton import is_triton_url
 from edgead.data.mvtec import good_images
 from edgead.decide import thresholds as T
 from edgead.decide.record import check_engine, read_calibration
@@ -32,8 +33,9 @@ def check_drift(record_path: str | Path, good: str | Path, engine: str | Path | 
 
     rec = read_calibration(record_path, force)  # an edited or implausible record: refused, or forced loudly
     eng = rec["engine"]
-    engine_dir = Path(engine) if engine is not None else Path(eng["path"])
-    if engine is None:
+    ref = str(engine) if engine is not None else str(eng["path"])
+    engine_dir: str | Path = ref if is_triton_url(ref) else Path(ref)    # a served model stays a URL
+    if engine is None and not is_triton_url(ref):
         check_input(engine_dir, kind="dir", what="the record's engine folder",
                     hint="pass --engine engines/NAME (the engine the record was calibrated with)")
     paths = good_images(good, min_count=CHECK_MIN_IMAGES)

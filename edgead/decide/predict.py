@@ -19,8 +19,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from edgead.backends import load_detector
-from edgead.backends.manifest import engine_preprocessing
+from edgead.backends import engine_manifest, load_detector
+from edgead.backends.manifest import preprocess_spec
+from edgead.backends.triton import is_triton_url
 from edgead.data.images import IMAGE_EXTENSIONS
 from edgead.decide.progress import Progress, info, warn
 from edgead.decide.record import decision_value, load_calibration
@@ -76,7 +77,8 @@ def predict(engine: str | Path, calibration: str | Path, data: str | Path, out: 
             overwrite: bool = False, log: Callable[[str], None] = info) -> dict[str, Any]:
     """Score and decide every image under `data`; write the CSV, the reject overlays and the summary."""
     data = check_input(data, kind="dir", what="--data", hint="give a folder of images (subfolders are read too)")
-    check_input(engine, kind="dir", what="--engine", hint="give an engine folder written by `edgead build-engine`")
+    if not is_triton_url(engine):                     # a served model is checked when it is opened
+        check_input(engine, kind="dir", what="--engine", hint="give an engine folder written by `edgead build-engine`")
     check_input(calibration, kind="file", what="--calibration",
                 hint="give the record written by `edgead calibrate` (calibration/NAME.yaml)")
     paths = image_files(data)
@@ -85,7 +87,7 @@ def predict(engine: str | Path, calibration: str | Path, data: str | Path, out: 
     out = check_output(out, kind="dir", what="--out", overwrite=overwrite)
     detector = load_detector(engine, backend, precision)
     record = load_calibration(calibration, detector, force)
-    spec = engine_preprocessing(engine)
+    spec = preprocess_spec(engine_manifest(engine, detector))
     vrange = heat_range(record)
     if (out / "rejects").is_dir():                    # --overwrite: an earlier job's overlays must not linger
         shutil.rmtree(out / "rejects")

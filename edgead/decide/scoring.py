@@ -13,7 +13,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from edgead.protocols import Detector
-from edgead.backends.manifest import preprocess_spec, read_manifest
+from edgead.backends import engine_manifest
+from edgead.backends.manifest import preprocess_spec
+from edgead.backends.triton import is_triton_url, parse_url
 from edgead.data.images import read_image
 from edgead.decide import thresholds as T
 from edgead.decide.progress import Progress
@@ -104,9 +106,15 @@ def score_images(detector: Detector, spec: PreprocessSpec, paths: Sequence[Path]
 
 
 def engine_info(engine_dir: str | Path, detector: Detector) -> tuple[PreprocessSpec, dict[str, Any]]:
-    """The engine's preprocessing and what the record says about the engine."""
-    manifest = read_manifest(Path(engine_dir))
-    info = {"path": str(Path(engine_dir).resolve()), "name": Path(engine_dir).resolve().name,
+    """The engine's preprocessing and what the record says about the engine (a `triton://` URL: the
+    served model, its manifest as the server carries it)."""
+    manifest = engine_manifest(engine_dir, detector)
+    if is_triton_url(engine_dir):
+        url = parse_url(str(engine_dir))
+        path, name = str(url), url.model
+    else:
+        path, name = str(Path(engine_dir).resolve()), Path(engine_dir).resolve().name
+    info = {"path": path, "name": name,
             "fingerprint": detector.fingerprint, "backend": detector.backend, "precision": detector.precision,
             "map_size": [int(v) for v in manifest["map_size"]]}
     return preprocess_spec(manifest), info

@@ -4,7 +4,10 @@ Defaults, then the YAML file, then command-line flags (flags win). A typo in a l
 stop the run before the first part, never be ignored: a misspelt `deadline_ms` silently falling back
 to the default is exactly the failure an inspection station cannot afford.
 
-    engine: engines/washer            # required
+    engine: engines/washer            # required (or detector:)
+    detector: null                    # a model served by Triton instead of a local engine folder:
+                                      #   triton://HOST:8001/MODEL (?timeout=SECONDS, default 1.0; ?shm=system
+                                      #   for a server on this host); then engine: is not needed
     calibration: calibration/washer.yaml   # required
     backend: auto                     # auto | tensorrt | onnxruntime
     precision: null                   # null (the backend's default) | fp16 | fp32
@@ -58,6 +61,7 @@ from pathlib import Path
 from typing import Any
 
 from edgead.backends.manifest import BACKENDS, PRECISIONS
+from edgead.backends.triton import is_triton_url, parse_url
 from edgead.capture.config import CameraConfig
 from edgead.signals.ack_input import AckInputConfig
 from edgead.errors import REDACTED, EdgeADError, redact_text, register_secret
@@ -107,6 +111,7 @@ class HttpConfig:
 @dataclass
 class RunConfig:
     engine: str | None = None
+    detector: str | None = None       # triton://host:port/model: validate() makes it the engine
     calibration: str | None = None
     backend: str = "auto"
     precision: str | None = None
@@ -139,6 +144,7 @@ class RunConfig:
     def validate(self) -> None:
         """Range and cross-key rules (types were checked when the config was built)."""
         one_of(RUN, "backend", self.backend, ("auto", *BACKENDS), f"expected auto, {' or '.join(BACKENDS)}")
+        self._served_detector()
         one_of(RUN, "precision", self.precision, (None, *PRECISIONS), f"expected null, {' or '.join(PRECISIONS)}")
         for key in ("threads", "every_nth", "max_batch", "max_frames"):
             at_least(RUN, key, getattr(self, key), 1, optional=True)
@@ -165,6 +171,18 @@ class RunConfig:
 
         parse_outputs({"outputs": self.outputs, "on_sink_failure": self.on_sink_failure})  # names its bad keys
 
+    def _served_detector(self) -> None:
+        """`detector: triton://...` names the engine (a served model): checked here, run by load_detector."""
+        if self.detector is not None:
+            if not is_triton_url(self.detector):
+                raise RUN.bad("detector", self.detector, "a served model, triton://HOST:8001/MODEL, or null")
+            if self.engine not in (None, self.detector):
+                raise EdgeADError("run config: both 'engine' and 'detector' are set",
+                                  "give the engine folder (engine, --engine) or the served model (detector), not both")
+            self.engine = self.detector
+        if is_triton_url(self.engine):
+            parse_url(str(self.engine))          # a bad URL is refused before anything is opened
+
     def require(self) -> None:
         """The keys a run cannot start without."""
         for key, flag in (("engine", "--engine engines/NAME"), ("calibration", "--calibration calibration/NAME.yaml")):
@@ -178,8 +196,9 @@ class RunConfig:
         """Every path of the run, before anything is opened: the engine folder and the calibration record
         exist and can be read, so can a replayed file or folder, and the record folder can be written."""
         self.require()
-        check_input(str(self.engine), kind="dir", what="--engine", hint="give the engine folder written by "
-                    "`edgead build-engine` (--engine, or 'engine' in --config)")
+        if not is_triton_url(self.engine):         # a served model is checked when it is opened
+            check_input(str(self.engine), kind="dir", what="--engine", hint="give the engine folder written by "
+                        "`edgead build-engine` (--engine, or 'engine' in --config)")
         check_input(str(self.calibration), kind="file", what="--calibration", hint="give the record written by "
                     "`edgead calibrate` (--calibration, or 'calibration' in --config)")
         spec = str(self.camera.source).strip()
@@ -284,6 +303,9 @@ def load_run_config(path: str | Path | None = None, overrides: dict[str, Any] | 
         check_input(path, kind="file", what="--config",
                     hint="give the run YAML file (its keys are documented in edgead/runtime/config.py)")
         data = read_yaml(path, "run config", "check the path given to --config") or {}
+        if isinstance(data, dict) and "cameras" in data:   # edgead.runtime.station_config reads those
+            raise EdgeADError(f"{path} is a station's run config (a `cameras:` list), not one camera's",
+                              "`edgead run` and `edgead signals test` take it; here give a one-camera run config")
         known_keys(data, _TOP_KEYS, RUN)
     return from_dict(_merge(data, overrides or {}))
 

@@ -18,6 +18,12 @@ Binds 127.0.0.1 unless the user names another address (edgead.runtime.run warns 
     POST /alarms/ack[?key=KEY]   the operator acknowledges the active alarms (or one): JSON {"acked": [...]}.
                    Allowed from the box itself (a loopback client) or with `Authorization: Bearer <http.token>`;
                    403 otherwise. `ack_alarms()` is its client (`edgead alarm ack`).
+
+A station (several cameras, edgead.runtime.station) serves them all on one port (`CameraViews`): the
+page, /live.json, /stream, /frame.jpg and /rejects/N.jpg take `?camera=NAME` (default: the first camera;
+an unknown name is a 404), /live.json lists the cameras with their status, /health is the station's
+({"status", "cameras": {name: health}}), and POST /alarms/ack acknowledges one camera's alarms with
+`camera=NAME`, every camera's without.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from edgead.errors import EdgeADError
 from edgead.runtime.live_page import PAGE
@@ -96,14 +102,31 @@ def ack_alarms(url: str, key: str | None = None, token: str | None = None, timeo
     return [str(k) for k in acked]
 
 
+class CameraViews:
+    """A station's cameras behind one server: each one's LiveView, its health and its acknowledgement."""
+
+    def __init__(self, views: Dict[str, LiveView], health: Callable[[str], Dict[str, Any]],
+                 ack: Callable[[str, Optional[str]], List[str]]) -> None:
+        if not views:
+            raise ValueError("a station serves at least one camera")
+        self.views, self.health, self.ack = dict(views), health, ack
+
+    @property
+    def first(self) -> str:
+        return next(iter(self.views))
+
+
 class HttpView:
     """The server; `health()` and `metrics()` are callbacks so this module knows nothing of the loop."""
 
-    def __init__(self, host: str, port: int, live: LiveView, health: Callable[[], dict[str, Any]],
+    def __init__(self, host: str, port: int, live: LiveView | None, health: Callable[[], dict[str, Any]],
                  metrics: Callable[[], str], max_fps: float = 10.0, ack: AckCallback | None = None,
-                 token: str | None = None) -> None:
-        self.live, self.health, self.metrics, self.max_fps = live, health, metrics, max_fps
-        self.ack, self.token = ack, token
+                 token: str | None = None, cameras: CameraViews | None = None) -> None:
+        if live is None and cameras is None:
+            raise ValueError("HttpView needs a LiveView or a station's CameraViews")
+        self.live = live if live is not None else cameras.views[cameras.first]  # type: ignore[union-attr]
+        self.health, self.metrics, self.max_fps = health, metrics, max_fps
+        self.ack, self.token, self.cameras = ack, token, cameras
         self.stopping = threading.Event()
         try:
             self.server = ThreadingHTTPServer((host, port), type("Handler", (_Handler,), {"view": self}))
@@ -128,14 +151,45 @@ class HttpView:
             self.server.shutdown()
         self.server.server_close()
 
-    def live_json(self) -> bytes:
+    def camera(self, query: str) -> str | None:
+        """The station camera `?camera=NAME` names (the first one when none is named); None: no such
+        camera. "" for a one-camera run, which has no names."""
+        if self.cameras is None:
+            return ""
+        name = urllib.parse.parse_qs(query).get("camera", [""])[0]
+        if not name:
+            return self.cameras.first
+        return name if name in self.cameras.views else None
+
+    def live_for(self, camera: str) -> LiveView:
+        return self.cameras.views[camera] if self.cameras is not None and camera else self.live
+
+    def live_json(self, camera: str = "") -> bytes:
         """/live.json: the view's snapshot and the health document, numbers JSON can carry (no NaN)."""
-        body = self.live.snapshot()
+        body = self.live_for(camera).snapshot()
         try:
-            body["health"] = self.health()
+            body["health"] = self.cameras.health(camera) if self.cameras is not None else self.health()
         except Exception as e:  # the page shows it; the view itself keeps working
             body["health"] = {"status": "unknown", "error": repr(e)}
+        if self.cameras is not None:
+            self._station_fields(body, camera)
         return json.dumps(_plain(body), default=str).encode() + b"\n"
+
+    def _station_fields(self, body: Dict[str, Any], camera: str) -> None:
+        """The camera shown, every camera with its status (the page's selector), reject URLs with the camera."""
+        try:
+            station = self.health()
+        except Exception as e:
+            station = {"status": "unknown", "error": repr(e), "cameras": {}}
+        states = station.get("cameras") or {}
+        body["camera"] = camera
+        body["station"] = {"status": station.get("status")}
+        body["cameras"] = [{"name": name, "status": (states.get(name) or {}).get("status", "unknown")}
+                           for name in self.cameras.views]   # type: ignore[union-attr]
+        q = "?" + urllib.parse.urlencode({"camera": camera})
+        for r in body.get("rejects") or []:
+            if r.get("url"):
+                r["url"] += q
 
 
 def _plain(x: Any) -> Any:
@@ -165,22 +219,26 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def do_GET(self) -> None:  # noqa: N802 - stdlib name
-        path, view = self.path.split("?", 1)[0], self.view
+        path, _, query = self.path.partition("?")
+        view = self.view
+        camera = view.camera(query)
         try:
-            if path == "/health":
+            if camera is None:
+                self._send(404, "text/plain", b"no such camera: see \"cameras\" in /live.json\n")
+            elif path == "/health":
                 h = view.health()
                 code = 200 if h.get("status") in ("ok", "alarm", "degraded") else 503
                 self._send(code, "application/json", json.dumps(_plain(h), default=str).encode() + b"\n")
             elif path == "/live.json":
-                self._send(200, "application/json", view.live_json())
+                self._send(200, "application/json", view.live_json(camera))
             elif path.startswith("/rejects/") and path.endswith(".jpg"):
-                self._reject(path[len("/rejects/"):-len(".jpg")])
+                self._reject(view.live_for(camera), path[len("/rejects/"):-len(".jpg")])
             elif path == "/metrics":
                 self._send(200, "text/plain; version=0.0.4; charset=utf-8", view.metrics().encode())
             elif path == "/frame.jpg":
-                self._send(200, "image/jpeg", view.live.jpeg(timeout=0.0)[1])
+                self._send(200, "image/jpeg", view.live_for(camera).jpeg(timeout=0.0)[1])
             elif path in ("/stream", "/stream.mjpg"):
-                self._stream()
+                self._stream(view.live_for(camera))
             elif path in ("/", "/index.html"):
                 self._send(200, "text/html; charset=utf-8", PAGE)
             else:
@@ -188,8 +246,8 @@ class _Handler(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError):
             pass
 
-    def _reject(self, rid: str) -> None:
-        data = self.view.live.reject_jpeg(int(rid)) if rid.isdigit() else None
+    def _reject(self, live: LiveView, rid: str) -> None:
+        data = live.reject_jpeg(int(rid)) if rid.isdigit() else None
         if data is None:
             self._send(404, "text/plain", b"no such reject image (the view keeps the last ones only)\n")
         else:
@@ -212,13 +270,20 @@ class _Handler(BaseHTTPRequestHandler):
             elif view.ack is None:
                 self._send(503, "application/json", b'{"error": "no run to acknowledge"}\n')
             else:
-                key = urllib.parse.parse_qs(query).get("key", [None])[0] or None
-                body = {"acked": view.ack(key)}
+                q = urllib.parse.parse_qs(query)
+                key, camera = q.get("key", [None])[0] or None, q.get("camera", [None])[0] or None
+                if camera is not None and view.cameras is not None:
+                    if camera not in view.cameras.views:
+                        self._send(404, "application/json", b'{"error": "no such camera"}\n')
+                        return
+                    body = {"acked": view.cameras.ack(camera, key)}
+                else:
+                    body = {"acked": view.ack(key)}
                 self._send(200, "application/json", json.dumps(body).encode() + b"\n")
         except (BrokenPipeError, ConnectionResetError):
             pass
 
-    def _stream(self) -> None:
+    def _stream(self, live: LiveView) -> None:
         view = self.view
         self.send_response(200)
         self.send_header("Content-Type", f"multipart/x-mixed-replace; boundary={BOUNDARY}")
@@ -232,7 +297,7 @@ class _Handler(BaseHTTPRequestHandler):
         version, period = -1, 1.0 / view.max_fps
         while not view.stopping.is_set():
             t0 = time.monotonic()
-            new, data = view.live.jpeg(after=version, timeout=1.0)
+            new, data = live.jpeg(after=version, timeout=1.0)
             if new == version and version >= 0:
                 continue  # nothing new within a second: keep waiting
             version = new

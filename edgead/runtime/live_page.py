@@ -7,7 +7,9 @@ score units, the current part (score, threshold, margin), counters since start /
 hour, the last rejects (click to enlarge), a score-over-time chart with the threshold line, the
 outputs, the camera, the active alarms (Acknowledge: POST /alarms/ack; a 403 asks for the run's
 http.token and retries with it), a clock (the box's) and the uptime. Every field of /health is read
-defensively: a missing or older-shaped one shows "-", never an error.
+defensively: a missing or older-shaped one shows "-", never an error. A station (several cameras)
+lists its cameras in /live.json: the page then shows a button per camera, coloured by its status, and
+everything below is the chosen camera's (`/?camera=NAME` opens on one).
 """
 
 from __future__ import annotations
@@ -63,6 +65,9 @@ button:hover{background:#3b4856}button.primary{background:#b3261e;border-color:#
 #lb-img{height:min(80vh,69vw);max-width:92vw;object-fit:contain;background:#000}
 #lb-caption{margin-top:8px;font:15px ui-monospace,Menlo,Consolas,monospace;color:#fff}
 #conn{font-size:12px}
+#cameras{display:flex;gap:6px;flex-wrap:wrap}
+#cameras button{padding:2px 10px;border-radius:11px;font-size:13px;font-weight:600;opacity:.75}
+#cameras button.sel{opacity:1;outline:2px solid #fff}
 @media (max-width:900px){main{grid-template-columns:1fr}}
 """
 
@@ -70,6 +75,7 @@ _BODY = """
 <header>
   <h1>edgead live</h1>
   <span id="status" class="pill starting">starting</span>
+  <span id="cameras"></span>
   <span id="cam-title" class="muted"></span>
   <span id="conn" class="muted">connecting...</span>
   <span class="muted">up <b id="uptime">-</b></span>
@@ -148,6 +154,8 @@ _JS = r"""
   'use strict';
   var $ = function (id) { return document.getElementById(id); };
   var offset = 0, uptimeBase = null, uptimeAt = 0, token = null, live = null, polls = 0, shownRejects = '';
+  var cam = new URLSearchParams(location.search).get('camera'), shownCams = '';
+  function camQuery(sep) { return cam ? sep + 'camera=' + encodeURIComponent(cam) : ''; }
   var ROWS = [['parts', 'parts'], ['inspected', 'inspected'], ['passed', 'passed'], ['rejected', 'rejected'],
               ['safe_actions', 'safe actions'], ['reject_rate', 'reject rate']];
 
@@ -361,7 +369,7 @@ _JS = r"""
   }
 
   function ack(key) {
-    var url = '/alarms/ack' + (key ? '?key=' + encodeURIComponent(key) : '');
+    var url = '/alarms/ack' + (key ? '?key=' + encodeURIComponent(key) : '') + camQuery(key ? '&' : '?');
     var headers = token ? {'Authorization': 'Bearer ' + token} : {};
     fetch(url, {method: 'POST', headers: headers}).then(function (r) {
       if (r.status === 403) {
@@ -385,13 +393,39 @@ _JS = r"""
     camera(h); outputs(h); alarms(h);
   }
 
+  function cameras(list, shown) {   // a station: one button per camera, coloured by its status
+    var box = $('cameras'), key = JSON.stringify([list, shown]);
+    if (!list.length || key === shownCams) return;
+    shownCams = key; box.textContent = '';
+    list.forEach(function (c) {
+      c = obj(c);
+      var b = el('button', 'pill ' + String(c.status || 'unknown').replace(/[^a-z_]/g, '') + (c.name === shown ? ' sel' : ''),
+                 c.name);
+      b.type = 'button'; b.setAttribute('data-camera', c.name);
+      b.addEventListener('click', function () { pick(c.name); });
+      box.appendChild(b);
+    });
+  }
+
+  function pick(name) {
+    if (name === cam) return;
+    cam = name; shownRejects = ''; shownCams = '';
+    history.replaceState(null, '', '?camera=' + encodeURIComponent(name));
+    $('stream').src = '/stream' + camQuery('?');
+    poll(true);
+  }
+
   function show(d) {
     d = obj(d); live = d; polls++;
+    if (typeof d.camera === 'string' && d.camera) {
+      if (!cam) { cam = d.camera; $('stream').src = '/stream' + camQuery('?'); }
+      cameras(arr(d.cameras), d.camera);
+    }
     if (isNum(d.now)) offset = d.now * 1000 - Date.now();
     var h = obj(d.health);
     if (!isNum(h.uptime_s) && isNum(d.now) && isNum(d.started)) { uptimeBase = d.now - d.started; uptimeAt = Date.now(); }
     legend(obj(d.legend)); current(d.current); counts(obj(d.counts));
-    chart(arr(d.history), d.threshold); rejects(arr(d.rejects).map(obj), String(d.started)); health(h); tick();
+    chart(arr(d.history), d.threshold); rejects(arr(d.rejects).map(obj), String(d.started) + '/' + (d.camera || '')); health(h); tick();
     text($('conn'), 'updated ' + hms(Date.now() + offset)); $('conn').className = 'muted';
     document.body.setAttribute('data-polls', String(polls));
   }
@@ -399,7 +433,7 @@ _JS = r"""
   var timer = null;
   function poll(now) {
     if (timer) { clearTimeout(timer); timer = null; }
-    fetch('/live.json', {cache: 'no-store'}).then(function (r) { return r.json(); }).then(show)
+    fetch('/live.json' + camQuery('?'), {cache: 'no-store'}).then(function (r) { return r.json(); }).then(show)
       .catch(function () { text($('conn'), 'connection lost: retrying'); $('conn').className = 'down'; })
       .then(function () { if (!timer) timer = setTimeout(poll, 1000); });
   }
@@ -412,9 +446,10 @@ _JS = r"""
   $('lightbox').addEventListener('click', closeBox);
   document.addEventListener('keydown', function (e) { if (e.key === 'Escape') closeBox(); });
   $('stream').addEventListener('error', function () {   // the run restarted or the network blinked
-    setTimeout(function () { $('stream').src = '/stream?' + Date.now(); }, 2000);
+    setTimeout(function () { $('stream').src = '/stream?' + (cam ? 'camera=' + encodeURIComponent(cam) + '&' : '') + Date.now(); }, 2000);
   });
   window.addEventListener('resize', function () { if (live) { legend(obj(live.legend)); chart(arr(live.history), live.threshold); } });
+  if (cam) $('stream').src = '/stream' + camQuery('?');
   setInterval(tick, 250);
   poll();
 })();

@@ -70,6 +70,7 @@ class LoopOptions:
     stall_alarm_s: float = 0.0
     max_frames: int | None = None
     run_id: str = ""                # prefixes every event's id ("<run id>-<n>")
+    camera: str = ""                # a station's camera name: in every event (extra.camera) and alarm ("[name] ...")
 
 
 @dataclass
@@ -273,6 +274,7 @@ class Loop:
         notify=False: the alarm outputs already know (an output failure reported by the SinkGroup).
         """
         key, reason = key or reason_key(reason), redact_text(reason)   # a URL's password never reaches a log
+        logged, reason = reason, f"[{self.opt.camera}] {reason}" if self.opt.camera else reason
         self.metrics.alarms.inc(reason=key)
         self.board.raise_(key, reason, event=event)
         now = time.monotonic()
@@ -283,7 +285,7 @@ class Loop:
             if not quiet:
                 self._alarm_logged[key] = now
         if not quiet:
-            self.log(f"ALARM: {reason}")
+            self.log(f"ALARM: {logged}")   # a station's log lines already name their camera
             if self.on_alarm is not None and notify:
                 try:
                     self.on_alarm(reason)
@@ -435,7 +437,7 @@ class Loop:
             t = last_t + (frame.t_capture - last_t) * (k + 1) / (lost + 1)
             ev = InspectionEvent(seq=last_seq + 1 + k, t_capture=t, wall_time=frame.wall_time, decision="safe_reject",
                                  score=None, threshold=self.threshold, reason="frame lost", source=frame.source,
-                                 extra={"lost_between": [last_seq, frame.seq]})
+                                 extra=self._extra({"lost_between": [last_seq, frame.seq]}))
             pid = self._pid()
             ev.event_id = self._event_id(pid)
             self._emit(Outcome(pid, ev))
@@ -538,8 +540,15 @@ class Loop:
         f = p.frame
         return InspectionEvent(seq=f.seq, t_capture=f.t_capture, wall_time=f.wall_time, decision=decision,
                                score=score, threshold=self.threshold, reason=reason, source=f.source,
-                               latency_ms=dict(p.lat), extra=dict(f.meta) if f.meta else {},
+                               latency_ms=dict(p.lat), extra=self._extra(f.meta),
                                event_id=self._event_id(p.pid))
+
+    def _extra(self, meta: dict[str, Any] | None) -> dict[str, Any]:
+        """The event's extra fields: the frame's meta, and a station's camera name."""
+        extra = dict(meta) if meta else {}
+        if self.opt.camera:
+            extra["camera"] = self.opt.camera
+        return extra
 
     def _event_id(self, pid: int) -> str:
         """`<run id>-<n>`, n the loop's own part number: unique in the run even when a camera restarts its

@@ -189,7 +189,12 @@ class _Signals:
 
 def _engine(cfg: RunConfig, detector: Detector | None, force: bool, log: Log,
             warnings: list[str]) -> tuple[Detector, dict[str, Any], PreprocessSpec, int]:
-    """The detector, its calibration (fingerprint checked), the preprocessing (ROI rule) and the batch size."""
+    """The detector, its calibration (fingerprint checked), the preprocessing (ROI rule) and the batch size.
+
+    The engine is a folder or a `triton://` URL (config `detector:`): a served model's manifest is the one
+    the server carries."""
+    from edgead.backends import engine_manifest
+    from edgead.backends.manifest import preprocess_spec
     from edgead.decide.record import load_calibration
 
     if detector is None:
@@ -199,7 +204,8 @@ def _engine(cfg: RunConfig, detector: Detector | None, force: bool, log: Log,
     calibration = load_calibration(cfg.calibration, detector, force)  # type: ignore[arg-type]
     if calibration.get("forced"):
         warnings.append(f"calibration used despite: {calibration.get('forced_reason')} (--force)")
-    spec, roi_warning = check_roi(engine_preprocessing(cfg.engine), cfg.roi)  # type: ignore[arg-type]
+    engine_spec = preprocess_spec(engine_manifest(cfg.engine, detector))  # type: ignore[arg-type]
+    spec, roi_warning = check_roi(engine_spec, cfg.roi)
     if roi_warning:
         log(roi_warning)
         warnings.append(roi_warning)
@@ -227,14 +233,15 @@ def _http_view(cfg: RunConfig, spec: PreprocessSpec, vrange: tuple[float, float]
     return live, HttpView(host, port, live, health, metrics.render, cfg.http.max_fps, ack=ack, token=cfg.http.token)
 
 
-def _loop_options(cfg: RunConfig, source: FrameSource, max_batch: int) -> LoopOptions:
+def _loop_options(cfg: RunConfig, source: FrameSource, max_batch: int, camera: str = "") -> LoopOptions:
     if cfg.camera.live == "auto":  # a source says what it is; a file or folder path is a replay too
         wait = not source.live or _is_replay(cfg.camera.source or "")
     else:
         wait = cfg.camera.live is False
     return LoopOptions(trigger=cfg.trigger_mode, nth=cfg.nth, deadline_s=cfg.deadline_ms / 1000.0,
                        max_batch=max_batch, safe_action=cfg.safe_action, wait_for_engine=wait,
-                       stall_alarm_s=cfg.camera.stall_alarm_s, max_frames=cfg.max_frames, run_id=new_run_id())
+                       stall_alarm_s=cfg.camera.stall_alarm_s, max_frames=cfg.max_frames, run_id=new_run_id(),
+                       camera=camera)
 
 
 def new_run_id() -> str:
@@ -287,6 +294,97 @@ def _exit_code(loop: Loop, summary: dict[str, Any]) -> int:
     return EXIT_OK
 
 
+class Session:
+    """One camera's wiring, opened in steps (`open_engine_and_camera`, `open_loop`, `start`) so that
+    `run` and the station (edgead.runtime.station) build a camera the same way; `close()` undoes it."""
+
+    def __init__(self, cfg: RunConfig, log: Log, camera: str = "") -> None:
+        self.cfg, self.log, self.camera = cfg, log, camera
+        self.metrics = RunMetrics()
+        self.warnings: list[str] = []
+        self.closers: list[Callable[[], None]] = []
+        self.loop: Loop | None = None
+        self.recorder: Recorder | None = None
+        self.group: SinkGroup | None = None
+        self.run_info: dict[str, Any] = {}
+
+    def open_engine_and_camera(self, force: bool, detector: Detector | None, sinks: RejectSink | None,
+                               source: FrameSource | None) -> None:
+        """The engine and its calibration, the outputs, the metrics' description, the camera (opened)."""
+        cfg, log = self.cfg, self.log
+        self.detector, self.calibration, self.spec, self.max_batch = _engine(cfg, detector, force, log, self.warnings)
+        group = _open_outputs(cfg, log) if sinks is None else \
+            sinks if isinstance(sinks, SinkGroup) else SinkGroup([sinks])
+        self.group = group
+        self.metrics.describe_run(version=__version__, engine=Path(str(cfg.engine)).name,
+                                  backend=self.detector.backend, precision=self.detector.precision,
+                                  threshold=self.calibration.get("threshold"))
+        if group is not None:
+            self.closers.append(group.close)
+            _output_metrics(self.metrics, group)
+        if source is None:
+            source = _build_source(cfg)
+        source.open()
+        self.closers.append(source.close)
+        self.source = source
+        self.vrange = heat_range(self.calibration)
+
+    def health(self) -> dict[str, Any]:
+        return _health(self.loop, self.group) if self.loop else {"status": "starting"}
+
+    def ack(self, key: str | None) -> list[str]:
+        return self.loop.ack_alarms(key) if self.loop else []
+
+    def open_loop(self, live: Any) -> Loop:
+        """The recorder, the loop (and the outputs' callbacks into it), the PLC's acknowledge input."""
+        from edgead.decide.record import decide
+
+        cfg, log, group = self.cfg, self.log, self.group
+        if cfg.record.dir:
+            recorder = self.recorder = Recorder(cfg.record, self.spec, self.vrange, self.metrics, log)
+            self.closers.append(lambda: recorder.close({"summary": None,
+                                                        "error": "the run did not start or end cleanly"}))
+        self.opts = _loop_options(cfg, self.source, self.max_batch, self.camera)
+        loop = self.loop = Loop(source=self.source, detector=self.detector, calibration=self.calibration,
+                                spec=self.spec, decide=decide, options=self.opts, metrics=self.metrics, sinks=group,
+                                recorder=self.recorder, live=live, log=log,
+                                on_alarm=None if group is None else lambda reason: group.raise_alarm("edgead", reason),
+                                on_clear=None if group is None else group.clear_alarm_outputs)
+        loop.warnings.extend(self.warnings)
+        if group is not None:   # from now on an output's failure and recovery are the loop's alarms
+            group.set_callbacks(loop.output_failed, loop.output_recovered)
+        if cfg.alarm_ack is not None:
+            self.closers.append(_ack_input(cfg, loop).close)
+        return loop
+
+    def start(self) -> None:
+        """run.json's start, the 'inspecting' line, the ready output on: parts may come."""
+        cfg, recorder, opts = self.cfg, self.recorder, self.opts
+        self.run_info = _run_info(cfg, self.detector, self.calibration, self.source, self.spec, opts, self.warnings)
+        if self.camera:
+            self.run_info["station_camera"] = self.camera
+        if recorder is not None:
+            recorder.start(self.run_info)
+        self.log(f"inspecting {self.source.name} with {Path(str(cfg.engine)).name} ({self.detector.backend}/"
+                 f"{self.detector.precision}), {'trigger mode' if opts.trigger else f'every {opts.nth} frame(s)'}, "
+                 f"deadline {cfg.deadline_ms:g} ms, batch <= {self.max_batch}"
+                 + (f"; recording to {recorder.dir}" if recorder else ""))
+        if self.group is not None:
+            self.group.set_ready(True)  # the 'ready' line: on while parts are inspected (close() turns it off)
+
+    def finish(self, out: Log) -> dict[str, Any]:
+        assert self.loop is not None
+        return _finish(self.loop, self.recorder, self.run_info, self.warnings, out)
+
+    def close(self) -> None:
+        for close in reversed(self.closers):
+            try:
+                close()
+            except Exception as e:  # closing one thing must not keep the others open
+                self.log(f"WARNING: closing failed: {e!r}")
+        self.closers = []
+
+
 def run(cfg: RunConfig, *, force: bool = False, detector: Detector | None = None,
         source: FrameSource | None = None, sinks: RejectSink | None = None, out: Log = print,
         log: Log = _stderr) -> dict[str, Any]:
@@ -295,68 +393,23 @@ def run(cfg: RunConfig, *, force: bool = False, detector: Detector | None = None
     detector / source / sinks replace what the config would open (tests, embedding); a fatal fault
     (camera lost, preprocessing impossible) is raised as EdgeADError after the summary is printed.
     """
-    from edgead.decide.record import decide
-
     cfg.check_paths()   # the required keys, then every path: before the engine, the outputs or the camera open
-    closers: list[Callable[[], None]] = []
-    metrics = RunMetrics()
-    warnings: list[str] = []
-    loop: Loop | None = None
+    s = Session(cfg, log)
     try:
-        detector, calibration, spec, max_batch = _engine(cfg, detector, force, log, warnings)
-        group = _open_outputs(cfg, log) if sinks is None else \
-            sinks if isinstance(sinks, SinkGroup) else SinkGroup([sinks])
-        metrics.describe_run(version=__version__, engine=Path(str(cfg.engine)).name, backend=detector.backend,
-                             precision=detector.precision, threshold=calibration.get("threshold"))
-        if group is not None:
-            closers.append(group.close)
-            _output_metrics(metrics, group)
-        if source is None:
-            source = _build_source(cfg)
-        source.open()
-        closers.append(source.close)
-        vrange = heat_range(calibration)
-        live, http = _http_view(cfg, spec, vrange, metrics,
-                                lambda: _health(loop, group) if loop else {"status": "starting"},
-                                lambda key: loop.ack_alarms(key) if loop else [], log)
+        s.open_engine_and_camera(force, detector, sinks, source)
+        live, http = _http_view(cfg, s.spec, s.vrange, s.metrics, s.health, s.ack, log)
         if http is not None:
-            closers.append(http.stop)
-        recorder = None
-        if cfg.record.dir:
-            from edgead.runtime.recorder import Recorder
-
-            recorder = Recorder(cfg.record, spec, vrange, metrics, log)
-            closers.append(lambda: recorder.close({"summary": None, "error": "the run did not start or end cleanly"}))
-        opts = _loop_options(cfg, source, max_batch)
-        loop = Loop(source=source, detector=detector, calibration=calibration, spec=spec, decide=decide,
-                    options=opts, metrics=metrics, sinks=group, recorder=recorder, live=live, log=log,
-                    on_alarm=None if group is None else lambda reason: group.raise_alarm("edgead", reason),
-                    on_clear=None if group is None else group.clear_alarm_outputs)
-        loop.warnings.extend(warnings)
-        if group is not None:   # from now on an output's failure and recovery are the loop's alarms
-            group.set_callbacks(loop.output_failed, loop.output_recovered)
-        if cfg.alarm_ack is not None:
-            closers.append(_ack_input(cfg, loop).close)
+            s.closers.append(http.stop)
+        loop = s.open_loop(live)
         if http is not None:
             http.start()
             log(f"live view on http://{http.address[0]}:{http.address[1]}/ (/health, /metrics)")
-        run_info = _run_info(cfg, detector, calibration, source, spec, opts, warnings)
-        if recorder is not None:
-            recorder.start(run_info)
-        log(f"inspecting {source.name} with {Path(str(cfg.engine)).name} ({detector.backend}/{detector.precision}), "
-            f"{'trigger mode' if opts.trigger else f'every {opts.nth} frame(s)'}, deadline {cfg.deadline_ms:g} ms, "
-            f"batch <= {max_batch}" + (f"; recording to {recorder.dir}" if recorder else ""))
-        if group is not None:
-            group.set_ready(True)  # the 'ready' line: on while parts are inspected (close() turns it off)
+        s.start()
         with _Signals(loop.request_stop, log):
             loop.run()
-        return _finish(loop, recorder, run_info, warnings, out)
+        return s.finish(out)
     finally:
-        for close in reversed(closers):
-            try:
-                close()
-            except Exception as e:  # closing one thing must not keep the others open
-                log(f"WARNING: closing failed: {e!r}")
+        s.close()
 
 
 def _ack_input(cfg: RunConfig, loop: Loop) -> Any:

@@ -28,7 +28,8 @@ from edgead.schema import Place, build, mapping, need, one_of, read_yaml
 from edgead.protocols import InspectionEvent
 
 FAILURE_POLICIES = ("alarm", "stop")
-TEMPLATE_FIELDS = ("seq", "decision", "score", "threshold", "reason", "source", "wall_time", "t_capture", "line")
+TEMPLATE_FIELDS = ("seq", "decision", "score", "threshold", "reason", "source", "wall_time", "t_capture", "line",
+                   "camera")   # camera: a station's camera name ("" in a one-camera run)
 
 
 @dataclass
@@ -262,7 +263,7 @@ def render_template(template: str, event: InspectionEvent, line: str = "") -> st
     """Fill {seq}, {decision}, ... from the event (the fields in TEMPLATE_FIELDS)."""
     values = {"seq": event.seq, "decision": event.decision, "score": event.score, "threshold": event.threshold,
               "reason": event.reason, "source": event.source, "wall_time": event.wall_time,
-              "t_capture": event.t_capture, "line": line}
+              "t_capture": event.t_capture, "line": line, "camera": (event.extra or {}).get("camera", "")}
     return template.format(**values)
 
 
