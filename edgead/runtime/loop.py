@@ -195,6 +195,9 @@ class Loop:
         m.queue_depth.set_function(self.out_q.qsize, queue="output")
         m.queue_depth.set_function(lambda: float(len(self.ledger)), queue="in_flight")
         m.alarms_active.set_function(lambda: float(len(self.board.active())))
+        watch = getattr(detector, "watch_queue", None)   # a shared engine counts this camera's queue as its backlog
+        if callable(watch):
+            watch(self.infer_q.qsize)
         m.camera_up.set_function(lambda: float(self.camera_status()["ok"]))
         self._threads = [threading.Thread(target=self._guard(self._capture), name="edgead-capture", daemon=True),
                          threading.Thread(target=self._guard(self._infer), name="edgead-infer", daemon=True),
@@ -388,10 +391,15 @@ class Loop:
                 m.frames_skipped.inc(reason="not_nth")
                 self._release_slot()
                 continue
-            if not opt.trigger and self._slots is None and self.infer_q.full():
+            if not opt.trigger and self._slots is None and (self.infer_q.full() or self._engine_saturated()):
                 m.frames_skipped.inc(reason="busy")
                 continue
             self._enter(frame, now, first=frames == 1)
+
+    def _engine_saturated(self) -> bool:
+        """An engine shared with other cameras (edgead.runtime.shared_detector) already has all it can do in time."""
+        saturated = getattr(self.detector, "saturated", None)
+        return bool(saturated()) if callable(saturated) else False
 
     def _release_slot(self) -> None:
         if self._slots is not None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, List, Optional, Tuple
+from typing import Any, Callable, List, Optional, Tuple
 
 import numpy as np
 
@@ -48,6 +48,7 @@ class SharedDetector:
         self.batches = 0                # infer() calls made on the engine
         self.rows = 0                   # frames those calls carried
         self._pending: List[_Request] = []
+        self._running = 0               # frames in the batch the engine runs now
         self._last_done = -float("inf")  # when the last batch came back from the engine
         self._cond = threading.Condition()
         self._closed = False
@@ -77,6 +78,18 @@ class SharedDetector:
             raise req.error
         assert req.result is not None
         return req.result
+
+    def backlog(self) -> int:
+        """Frames waiting for this engine: every camera's inference queue, the requests pending and the batch
+        running. A free-running camera skips its frame ("busy") while this is 2x the max batch or more, so
+        an overloaded engine drops frames at the cameras instead of aging parts past their deadline."""
+        with self._cond:
+            waiting = sum(len(r.batch) for r in self._pending) + self._running
+            queues = [c.queued for c in self.clients if c.queued is not None]
+        return waiting + sum(int(q()) for q in queues)
+
+    def saturated(self) -> bool:
+        return self.backlog() >= 2 * self.max_batch
 
     def close(self) -> None:
         """Stop the worker (requests still waiting get an error), then close the engine (when it opened it)."""
@@ -113,6 +126,7 @@ class SharedDetector:
                 r = self._pending.pop(0)
                 taken.append(r)
                 rows += len(r.batch)
+            self._running = rows
             return taken
 
     def _rows_fit(self) -> int:
@@ -142,6 +156,7 @@ class SharedDetector:
             finally:
                 with self._cond:
                     self._last_done = time.monotonic()
+                    self._running = 0
             scores = np.asarray(scores).reshape(-1)
             if len(scores) != len(batch) or len(maps) != len(batch):
                 raise RuntimeError(f"the engine returned {len(scores)} scores for {len(batch)} frames")
@@ -166,6 +181,7 @@ class DetectorClient:
     def __init__(self, shared: SharedDetector, name: str) -> None:
         self.shared, self.name = shared, name
         self.last_request = -float("inf")     # monotonic time of its last infer() (set by the shared engine)
+        self.queued: Optional[Callable[[], int]] = None   # its loop's inference queue depth (watch_queue)
         d = shared.detector
         self.backend: str = d.backend
         self.precision: str = d.precision
@@ -174,6 +190,14 @@ class DetectorClient:
 
     def infer(self, batch: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         return self.shared.submit(self, batch)
+
+    def watch_queue(self, depth: Callable[[], int]) -> None:
+        """The loop hands over its inference queue's depth: part of the engine's backlog."""
+        self.queued = depth
+
+    def saturated(self) -> bool:
+        """The shared engine has 2x its max batch waiting (all cameras together): a free-running frame is skipped."""
+        return self.shared.saturated()
 
     def __getattr__(self, item: str) -> Any:   # anything else a backend offers (e.g. its manifest)
         if item == "shared":

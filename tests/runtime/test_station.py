@@ -169,6 +169,33 @@ def test_one_camera_alone_never_waits_for_the_window_and_big_batches_split():
         shared.close()
 
 
+def test_the_engine_is_saturated_by_every_cameras_queue_together():
+    """Free-running cameras skip frames while the shared engine has 2x its max batch waiting from all of them:
+    overload drops frames at the cameras (counted "busy") instead of aging parts past their deadline."""
+    shared = SharedDetector(FakeEngine(delay_s=0.3), window_s=0.0)
+    try:
+        a, b = shared.client("a"), shared.client("b")
+        depth = {"a": 0, "b": 0}
+        a.watch_queue(lambda: depth["a"])
+        b.watch_queue(lambda: depth["b"])
+        depth.update(a=7, b=8)
+        assert shared.backlog() == 15 and not a.saturated()
+        depth["b"] = 9                                   # 16 = 2 x max batch 8, the two queues together
+        assert a.saturated() and b.saturated()
+        depth.update(a=0, b=0)
+        out: list = []
+        t = threading.Thread(target=_call, args=(a, 1.0, 8, out))
+        t.start()
+        time.sleep(0.1)                                  # its 8 frames run on the engine now
+        depth["b"] = 8
+        assert shared.backlog() == 16 and b.saturated()
+        t.join()
+        depth["b"] = 0
+        assert shared.backlog() == 0 and out[0][1] == [1.0] * 8
+    finally:
+        shared.close()
+
+
 def test_an_engine_error_reaches_every_caller_of_its_batch():
     shared = SharedDetector(FakeEngine(fail=True), window_s=0.05)
     clients = [shared.client(n) for n in "ab"]
