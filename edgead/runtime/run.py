@@ -312,7 +312,11 @@ class Session:
                                source: FrameSource | None) -> None:
         """The engine and its calibration, the outputs, the metrics' description, the camera (opened)."""
         cfg, log = self.cfg, self.log
+        opened_here = detector is None
         self.detector, self.calibration, self.spec, self.max_batch = _engine(cfg, detector, force, log, self.warnings)
+        close = getattr(self.detector, "close", None)
+        if opened_here and callable(close):   # e.g. a Triton client's shared-memory regions: closed last
+            self.closers.append(close)
         group = _open_outputs(cfg, log) if sinks is None else \
             sinks if isinstance(sinks, SinkGroup) else SinkGroup([sinks])
         self.group = group
