@@ -77,6 +77,44 @@ def tiny_model(tmp_path_factory, tiny_product) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def tiny_engine(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One engine folder of the tiny model for every module that only reads it (a test that edits an
+    engine works on a copy: tests/backends/conftest.py `engine_copy`)."""
+    from edgead.export.build import build_engine
+
+    out = tmp_path_factory.mktemp("engines") / "tiny"
+    build_engine(tiny_model, out, max_batch=4, log=lambda s: None)
+    return out
+
+
+@pytest.fixture(scope="session")
+def held_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """110 good washers the tiny model never saw: what a user calibrates with."""
+    import cv2
+
+    from edgead.data.synth import render, sample_rng
+
+    out = tmp_path_factory.mktemp("held_out") / "good"
+    out.mkdir()
+    for i in range(110):
+        img = render("washer", sample_rng(3, "washer", "calibration", "good", i), (96, 96)).image
+        cv2.imwrite(str(out / f"{i:03d}.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+    return out
+
+
+@pytest.fixture(scope="session")
+def calibrated(tiny_engine: Path, held_out: Path, tiny_product: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny engine calibrated through the CLI on held_out (target FRR 0.1), the test defects beside."""
+    from edgead.cli import main
+
+    out = tmp_path_factory.mktemp("calibration") / "tiny.yaml"
+    code = main(["calibrate", "--engine", str(tiny_engine), "--good", str(held_out), "--defects", str(tiny_product),
+                 "--target-frr", "0.1", "--out", str(out)])
+    assert code == 0
+    return out
+
+
 @pytest.fixture(autouse=True)
 def _state_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """Outboxes and other state go to a temporary folder, never to the real ~/.local/state/edgead."""

@@ -1,6 +1,6 @@
 """The command line fits scripts and habits: progress bars that never spam a CI log with `\\r`,
 -q / -v before or after the verb, --json that is exactly one document on stdout, shell completion,
-and the training-time estimate. One tiny engine and record per module (tests/decide fixtures)."""
+and the training-time estimate. The session's tiny engine and record (tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -16,10 +16,14 @@ import pytest
 from edgead.cli import main
 from edgead.decide import progress
 from edgead.decide.progress import Progress
-from tests.decide.test_calibrate import calibrated, engine, held_out  # noqa: F401  (module fixtures)
 
 VERBS = ("synth", "train", "eval", "build-engine", "bench", "calibrate", "predict", "run", "signals", "outbox",
          "alarm", "demo", "completion")
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_engine: Path) -> Path:
+    return tiny_engine
 
 
 class _Clock:

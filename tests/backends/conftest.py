@@ -12,12 +12,8 @@ import pytest
 
 
 @pytest.fixture(scope="session")
-def engine(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from edgead.export.build import build_engine
-
-    out = tmp_path_factory.mktemp("engines") / "tiny"
-    build_engine(tiny_model, out, max_batch=4, log=lambda s: None)
-    return out
+def engine(tiny_engine: Path) -> Path:
+    return tiny_engine
 
 
 @pytest.fixture()

@@ -131,33 +131,8 @@ def test_threshold_must_be_a_number(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def engine(tiny_model, tmp_path_factory) -> Path:
-    from edgead.export.build import build_engine
-
-    out = tmp_path_factory.mktemp("engines") / "tiny"
-    build_engine(tiny_model, out, max_batch=4, log=lambda s: None)
-    return out
-
-
-@pytest.fixture(scope="module")
-def held_out(tmp_path_factory) -> Path:
-    from edgead.data.synth import render, sample_rng
-
-    out = tmp_path_factory.mktemp("held_out") / "good"
-    out.mkdir()
-    for i in range(110):
-        img = render("washer", sample_rng(3, "washer", "calibration", "good", i), (96, 96)).image
-        cv2.imwrite(str(out / f"{i:03d}.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
-    return out
-
-
-@pytest.fixture(scope="module")
-def calibrated(engine, held_out, tiny_product, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("calibration") / "tiny.yaml"
-    code = main(["calibrate", "--engine", str(engine), "--good", str(held_out), "--defects", str(tiny_product),
-                 "--target-frr", "0.1", "--out", str(out)])
-    assert code == 0
-    return out
+def engine(tiny_engine: Path) -> Path:
+    return tiny_engine
 
 
 def test_calibration_record_contents(calibrated, engine, held_out, tiny_product):

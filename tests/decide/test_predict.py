@@ -16,7 +16,11 @@ from edgead.cli import main
 from edgead.decide.predict import EXIT_UNREADABLE
 from edgead.decide.record import decide, read_calibration
 
-from tests.decide.test_calibrate import calibrated, engine, held_out  # noqa: F401  (module fixtures)
+
+@pytest.fixture(scope="module")
+def engine(tiny_engine: Path) -> Path:
+    return tiny_engine
+
 
 
 @pytest.fixture()

@@ -62,18 +62,16 @@ def _namespace_works() -> str | None:
 
 
 @pytest.fixture(scope="module")
-def engine_and_calibration(tiny_model, tiny_product, tmp_path_factory):
+def engine_and_calibration(tiny_engine, tiny_product, tmp_path_factory):
     """The tiny engine and a calibration record for it (the threshold does not matter here)."""
     from edgead.backends import load_detector
     from edgead.data.images import list_images, read_image
     from edgead.decide.record import build_record, write_record
     from edgead.decide.scoring import Scored, engine_info
-    from edgead.export.build import build_engine
     from edgead.preprocess import preprocess
 
     out = tmp_path_factory.mktemp("station-gige")
-    engine = out / "engine"
-    build_engine(tiny_model, engine, max_batch=4, log=lambda s: None)
+    engine = tiny_engine
     detector = load_detector(engine, "onnxruntime", "fp32")
     spec, info = engine_info(engine, detector)
     images = [read_image(p) for p in list_images(tiny_product / "train" / "good")[:8]]

@@ -36,12 +36,8 @@ from edgead.runtime.config import from_dict, load_run_config, parse_listen
 
 
 @pytest.fixture(scope="module")
-def engine(tiny_model, tmp_path_factory):
-    from edgead.export.build import build_engine
-
-    out = tmp_path_factory.mktemp("engines") / "tiny"
-    build_engine(tiny_model, out, max_batch=4, log=lambda s: None)
-    return out
+def engine(tiny_engine):
+    return tiny_engine
 
 
 @pytest.fixture(scope="module")
