@@ -41,7 +41,9 @@ def test_a_record_disk_that_fills_mid_run_keeps_the_audit_log_whole_and_says_wha
                                                 "record": {"quota_mb": 1}})
     args = " ".join(shlex.quote(str(a)) for a in line.run_args(clip, "--record", tmp_path / "disk" / "rec",
                                                                    config=config))
-    script = (f"{{edgead}} {args} >{{keep}}/out 2>{{keep}}/err & pid=$!; sleep 1.5; "
+    # the disk fills once the run inspects (its start-up checks the free space: a full disk then is refused)
+    script = (f"{{edgead}} {args} >{{keep}}/out 2>{{keep}}/err & pid=$!; "
+              "for i in $(seq 100); do grep -q inspecting {keep}/err && break; sleep 0.1; done; sleep 0.5; "
               "dd if=/dev/zero of={disk}/ballast bs=64k 2>/dev/null; sleep 2; rm -f {disk}/ballast; "
               "wait $pid; echo rc=$? >>{keep}/out; cp -r {disk}/rec {keep}/")
     _in_tmpfs(tmp_path, 4096, script)

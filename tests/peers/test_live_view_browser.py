@@ -65,7 +65,8 @@ def test_live_page_in_headless_chromium(monkeypatch, tmp_path):
             current["health"] = health
             feed.start()
             page.wait_for("+(document.getElementById('c-0-parts') || {}).textContent > 10 && "
-                          "document.querySelectorAll('#rejects .thumb img').length > 0", 15)
+                          "document.querySelectorAll('#rejects .thumb img').length > 0 && "
+                          f"document.getElementById('stream').naturalWidth == {FRAME_W}", 15)   # the camera frame
             a = _state(page)
             page.pump(1.6)
             b = _state(page)

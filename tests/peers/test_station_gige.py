@@ -107,4 +107,4 @@ def test_two_fake_gige_cameras_share_one_engine(engine_and_calibration, tmp_path
         assert len(events) == 10 and all(e["extra"]["camera"] == name and e["source"] == f"gige:{ip}" for e in events)
         assert all(e["decision"] in ("pass", "reject") for e in events)      # every part inspected in time
     assert "station: 2 cameras, 20 parts" in done.stdout
-    assert "engine engine (onnxruntime/fp32) for cameras cam2, cam3" in done.stderr
+    assert f"engine {engine.name} (onnxruntime/fp32) for cameras cam2, cam3" in done.stderr
