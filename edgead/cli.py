@@ -329,41 +329,65 @@ def cmd_signals_test(args: argparse.Namespace) -> int:
     return code
 
 
-def _outbox_source(args: argparse.Namespace) -> tuple[Any, str | None]:
-    """The outputs and the outbox folder, from --config (its outputs: and outbox_dir:) and --outbox-dir."""
+def _outbox_sources(args: argparse.Namespace) -> list[tuple[str, Any, str | None]]:
+    """(label, outputs, outbox folder) per camera: one for a run YAML, one per camera of a station's
+    (`cameras:`, each camera's outbox in its own sub-folder); --outbox-dir alone: that folder, no outputs."""
     from edgead.runtime.config import load_run_config
+    from edgead.runtime.station_config import is_station, load_station_config
 
+    if args.config and is_station(args.config):
+        if args.outbox_dir:
+            raise EdgeADError("--outbox-dir names one folder, but this run config has a `cameras:` list",
+                              "leave --outbox-dir out: each camera's outbox is read from the config")
+        return [(f"[{cam.name}] ", cam.cfg.outputs, cam.cfg.outbox_dir)
+                for cam in load_station_config(args.config).cameras]
     cfg = load_run_config(args.config) if args.config else None
     folder = args.outbox_dir or (cfg.outbox_dir if cfg else None)
-    return (cfg.outputs if cfg else None), folder
+    return [("", (cfg.outputs if cfg else None), folder)]
+
+
+def _outbox_status(label: str, folder: str | None) -> bool:
+    from edgead.signals import outbox_admin
+
+    rows = outbox_admin.status(folder)
+    for r in rows:
+        print(f"{label}{r['output']:<16} {r['pending']:>7} pending  {r['bytes'] / 2**20:8.2f} MB  oldest "
+              f"{r['oldest_id'] or '-'} {r['oldest_time'] or ''}  {r['folder']}{'  (in use by a run)' if r['in_use'] else ''}")
+    if not rows:
+        print(f"{label}no outbox: nothing waits")
+    return any(r["pending"] for r in rows)
+
+
+def _outbox_flush(label: str, outputs: Any, folder: str | None, timeout_s: float) -> bool:
+    from edgead.signals import outbox_admin
+
+    if outputs is None:
+        raise EdgeADError("outbox flush needs --config run.yaml", "its outputs: say where the events go")
+    result = outbox_admin.flush(outputs, folder, timeout_s=timeout_s)
+    for name, r in result.items():
+        print(f"{label}{name}: {r['delivered']} delivered, {r['left']} left in {r['where']}"
+              + (f" ({r['error']})" if r.get("error") else ""))
+    return any(r["left"] for r in result.values())
 
 
 def cmd_outbox(args: argparse.Namespace) -> int:
+    """status / flush / drop of the outboxes of a run YAML (every camera's, for a station)."""
     from edgead.signals import outbox_admin
 
-    outputs, folder = _outbox_source(args)
+    sources = _outbox_sources(args)
     if args.outbox_verb == "status":
-        rows = outbox_admin.status(folder)
-        for r in rows:
-            print(f"{r['output']:<16} {r['pending']:>7} pending  {r['bytes'] / 2**20:8.2f} MB  oldest {r['oldest_id'] or '-'}"
-                  f" {r['oldest_time'] or ''}  {r['folder']}{'  (in use by a run)' if r['in_use'] else ''}")
-        if not rows:
-            print("no outbox: nothing waits")
-        return 4 if any(r["pending"] for r in rows) else 0
+        waiting = [_outbox_status(label, folder) for label, _, folder in sources]
+        return 4 if any(waiting) else 0
     if args.outbox_verb == "flush":
-        if outputs is None:
-            raise EdgeADError("outbox flush needs --config run.yaml", "its outputs: say where the events go")
-        result = outbox_admin.flush(outputs, folder, timeout_s=args.timeout)
-        for name, r in result.items():
-            print(f"{name}: {r['delivered']} delivered, {r['left']} left in {r['where']}"
-                  + (f" ({r['error']})" if r.get("error") else ""))
-        return 4 if any(r["left"] for r in result.values()) else 0
+        left = [_outbox_flush(label, outputs, folder, args.timeout) for label, outputs, folder in sources]
+        return 4 if any(left) else 0
     if not args.yes:
         answer = input(f"drop the undelivered events of {args.output or 'every output'}? they are lost [y/N] ")
         if answer.strip().lower() not in ("y", "yes"):
             print("nothing dropped")
             return 1
-    print(f"dropped {outbox_admin.drop(folder, args.output)} events")
+    for label, _, folder in sources:
+        print(f"{label}dropped {outbox_admin.drop(folder, args.output)} events")
     return 0
 
 

@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from edgead.backends.triton import is_triton_url
+from edgead.backends.triton import is_triton_url, parse_url
 from edgead.data.images import list_images, read_image
 from edgead.data.mvtec import good_images, is_mvtec_root, test_samples
 from edgead.decide import thresholds as T
@@ -92,6 +92,11 @@ def _one_image_size(good: Scored, defects: Scored | None) -> None:
                           "calibrate the area rule on images from one camera setting (or set a preprocess roi)")
 
 
+def _engine_name(engine: str | Path) -> str:
+    """The default record name: the engine folder's name, or a served model's name (not its URL options)."""
+    return parse_url(str(engine)).model if is_triton_url(engine) else Path(engine).resolve().name
+
+
 def calibrate(engine: str | Path, good: str | Path, defects: str | Path | None = None, target_frr: float = 0.001,
               method: str = "auto", out: str | Path | None = None, backend: str = "auto",
               precision: str | None = None, skip_bad: bool = False, min_defect_area: float | None = None,
@@ -112,7 +117,7 @@ def calibrate(engine: str | Path, good: str | Path, defects: str | Path | None =
     good_list, good_dir, notes = good_paths(good)
     T.choose_method(len(good_list), target, method)  # too few images: fail before loading the engine
     bad_list = defect_paths(defects) if defects is not None else []
-    out = check_out(out if out is not None else Path("calibration") / f"{Path(engine).resolve().name}.yaml", overwrite)
+    out = check_out(out if out is not None else Path("calibration") / f"{_engine_name(engine)}.yaml", overwrite)
     detector = load_detector(engine, backend, precision)
     spec, info = engine_info(engine, detector)
 

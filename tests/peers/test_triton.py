@@ -262,6 +262,9 @@ def test_urls():
                 "http://h/m"):
         with pytest.raises(EdgeADError):
             parse_url(bad)
+    from edgead.decide.calibrate import _engine_name
+
+    assert _engine_name("triton://gpu-box/washer?shm=system") == "washer"     # calibration/washer.yaml
 
 
 # ---------------------------------------------------------------- against the server

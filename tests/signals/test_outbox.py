@@ -333,3 +333,22 @@ def test_the_outbox_cli_status_flush_and_drop(tmp_path, capsys, monkeypatch, htt
     assert main(["outbox", "drop", "--outbox-dir", str(tmp_path), "--yes"]) == 0
     assert "dropped 2 events" in capsys.readouterr().out
     assert main(["outbox", "status", "--outbox-dir", str(tmp_path)]) == 0
+
+
+def test_the_outbox_cli_reads_every_cameras_outbox_of_a_station(tmp_path, capsys, http_peer):
+    """A station's run YAML (`cameras:`): each camera's outbox is its own sub-folder; status and flush name
+    the camera, and --outbox-dir (one folder) is refused there."""
+    from edgead.cli import main
+
+    left_by_a_run(tmp_path / "top", "mes", 2)         # camera top's outbox: <outbox_dir>/top
+    station = tmp_path / "station.yaml"
+    station.write_text(f"engine: engines/e\ncalibration: c.yaml\noutbox_dir: {tmp_path}\n"
+                       f"outputs:\n  - {{type: webhook, name: mes, url: {http_peer.url}}}\n"
+                       "cameras:\n  - name: top\n  - name: side\n")
+    assert main(["outbox", "status", "--config", str(station)]) == 4
+    out = capsys.readouterr().out
+    assert "[top] mes " in out and "2 pending" in out and "[side] no outbox: nothing waits" in out
+    assert main(["outbox", "flush", "--config", str(station), "--timeout", "10"]) == 0
+    assert "[top] mes: 2 delivered, 0 left" in capsys.readouterr().out
+    assert main(["outbox", "status", "--config", str(station), "--outbox-dir", str(tmp_path)]) == 2
+    assert "cameras:" in capsys.readouterr().err
