@@ -218,8 +218,11 @@ def _triton_repository(args: argparse.Namespace, say: _Say) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from edgead.backends.bench import bench
+    from edgead.backends.triton import is_triton_url
 
-    check_input(args.engine, kind="dir", what="--engine", hint="give an engine folder written by `edgead build-engine`")
+    if not is_triton_url(args.engine):            # a served model (triton://host:port/model) is timed as served
+        check_input(args.engine, kind="dir", what="--engine", hint="give an engine folder written by "
+                    "`edgead build-engine`, or a served model as triton://HOST:PORT/MODEL")
     if args.data:
         check_input(args.data, kind="dir", what="--data", hint="give an MVTec-layout category root (test/good, "
                     "test/<defect type>)")

@@ -112,22 +112,34 @@ def accuracy(dets: dict[str, Detector], data: Path, spec: PreprocessSpec, batch:
                 "score_drift": float(np.abs(s - ref).max()) / spread} for n, s in joined.items()}
 
 
+def _factories(engine: str | Path, with_torch: bool,
+               threads: int | None) -> tuple[dict[str, Any], dict[str, Callable[[], Detector]]]:
+    """The manifest and a factory per engine to time: a folder's engines, or the one served model of a
+    triton:// URL (its manifest read from the server)."""
+    from edgead.backends import engine_manifest, load_detector
+    from edgead.backends.triton import is_triton_url
+
+    if is_triton_url(engine):
+        served = load_detector(str(engine))
+        return engine_manifest(str(engine), served), {f"triton/{served.precision}": lambda: served}
+    manifest = read_manifest(Path(engine))
+    return manifest, available_detectors(Path(engine), manifest, with_torch, threads)
+
+
 def bench(engine_dir: str | Path, *, batches: list[int] | None = None, iters: int = 30, warmup: int = 5,
           with_torch: bool = True, backends: list[str] | None = None, out: str | Path | None = None,
           data: str | Path | None = None, threads: int | None = None,
           log: Callable[[str], None] = print) -> dict[str, Any]:
     """Time every engine that can run here at each batch size, side by side; with `data` (an MVTec-layout
     category root), also score its test split with each. Prints the table, optionally writes JSON."""
-    engine_dir = Path(engine_dir)
-    manifest = read_manifest(engine_dir)
+    manifest, factories = _factories(engine_dir, with_torch, threads)
     spec = preprocess_spec(manifest)
     frame_hw = (spec.height * 2, spec.width * 2)       # a camera frame larger than the model input
-    factories = available_detectors(engine_dir, manifest, with_torch, threads)
     if backends:
+        everything = dict(factories)
         factories = {k: v for k, v in factories.items() if k.split("/")[0] in backends or k in backends}
         if not factories:
-            raise EdgeADError(f"none of the backends {backends} can run here",
-                              f"available: {', '.join(available_detectors(engine_dir, manifest, with_torch))}")
+            raise EdgeADError(f"none of the backends {backends} can run here", f"available: {', '.join(everything)}")
     dets = {name: factory() for name, factory in factories.items()}
     rows = []
     max_batch = max(int(d.max_batch) for d in dets.values())

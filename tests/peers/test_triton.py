@@ -466,6 +466,14 @@ def test_run_with_the_server_down_gives_the_safe_action(up, engine, local, tiny_
     assert summary["passes"] == 4 and summary["safe_actions_by_reason"] == {"engine_error": 4}
 
 
+def test_bench_times_the_served_model(up, capsys):
+    from edgead.cli import main
+
+    assert main(["bench", "--engine", url(up), "--batch", "1", "--iters", "2", "--warmup", "1", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert {r["backend"] for r in doc["rows"]} == {"triton/fp32"} and all(r["p50_ms"] > 0 for r in doc["rows"])
+
+
 def test_predict_through_the_server(up, engine, local, tiny_product, tmp_path):
     from edgead.decide.predict import predict
     from edgead.decide.record import build_record, write_record
