@@ -171,7 +171,7 @@ def faults(stop: threading.Event, period_s: float, broker: Broker, http: HttpPee
            disk: Disk, log: list[dict[str, Any]]) -> None:
     """One fault of each kind per period, spread over it."""
     steps = [("broker down 20 s", lambda: broker.stop(), 20.0, lambda: broker.start()),
-             ("webhook 503 for 30 s", lambda: setattr(http, "fail_first", 10**9), 30.0,
+             ("webhook 503 for 30 s", lambda: (setattr(http, "fail_status", 503), setattr(http, "fail_first", 10**9)), 30.0,
               lambda: setattr(http, "fail_first", 0)),
              ("camera stall 2 s", lambda: setattr(camera, "stall_until", time.monotonic() + 2.0), 2.0, lambda: None)]
     if disk.mounted:
