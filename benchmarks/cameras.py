@@ -39,7 +39,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from loop import calibration, engine_throughput, tiny_model  # noqa: E402
 
 from edgead.backends import load_detector  # noqa: E402
-from edgead.capture.config import CameraConfig  # noqa: E402
 from edgead.capture.replay import ReplaySource  # noqa: E402
 from edgead.data.images import list_images, read_image  # noqa: E402
 from edgead.decide.scoring import engine_info  # noqa: E402

@@ -26,7 +26,6 @@ from typing import Any, Callable
 
 from edgead import __version__
 from edgead.errors import EdgeADError, redact_text
-from edgead.backends.manifest import engine_preprocessing
 from edgead.preprocess import PreprocessSpec
 from edgead.protocols import Detector, FrameSource, RejectSink
 from edgead.runtime.config import RunConfig, parse_listen
