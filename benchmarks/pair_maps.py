@@ -89,7 +89,8 @@ def _head_scores(model, samples, near_border: list[bool] | None = None) -> list[
 
 def _add_position_statistics(model, good_dir: Path) -> None:
     """What training does for `position_norm: true`, for a model trained without it."""
-    from edgead.data.images import good_images, load_batch
+    from edgead.data.images import load_batch
+    from edgead.data.mvtec import good_images
     from edgead.training.batches import cache_teacher
     from edgead.training.statistics import position_statistics
 

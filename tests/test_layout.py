@@ -6,6 +6,7 @@ function). docs/architecture.md describes the same layout."""
 from __future__ import annotations
 
 import ast
+import functools
 import subprocess
 import sys
 from pathlib import Path
@@ -117,3 +118,41 @@ def test_no_import_cycles_between_our_modules():
 
     cycles = [c for m in sorted(graph) if (c := cycle_from(m))]
     assert not cycles, cycles[0]
+
+
+@functools.lru_cache(maxsize=None)
+def _defined_names(module: str) -> frozenset[str] | None:
+    """Names a module of ours defines at its top (functions, classes, assignments, imports); None if not ours."""
+    base = PACKAGE.parent.joinpath(*module.split("."))
+    path = base / "__init__.py" if base.is_dir() else base.with_suffix(".py")
+    if not path.is_file():
+        return None
+    names = {p.stem for p in base.glob("*.py")} | {p.name for p in base.iterdir() if p.is_dir()} if base.is_dir() else set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names |= {(a.asname or a.name).split(".")[0] for a in node.names}
+        elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names |= {n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)}
+    return frozenset(names)
+
+
+def test_every_name_imported_from_our_modules_exists():
+    """A name removed from a module breaks an import inside a function only when that function runs: catch it here,
+    for the package, the benchmarks and the tests."""
+    root = PACKAGE.parent
+    missing = []
+    for path in sorted([*PACKAGE.rglob("*.py"), *(root / "benchmarks").rglob("*.py"), *(root / "tests").rglob("*.py")]):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (isinstance(node, ast.ImportFrom) and node.level == 0 and node.module
+                    and node.module.split(".")[0] == "edgead"):
+                continue
+            names = _defined_names(node.module)
+            if names is None:
+                missing.append(f"{path.relative_to(root)}:{node.lineno} no module {node.module}")
+                continue
+            missing += [f"{path.relative_to(root)}:{node.lineno} {node.module} has no {a.name}"
+                        for a in node.names if a.name != "*" and a.name not in names]
+    assert not missing, missing

@@ -107,7 +107,7 @@ def engine_latency_ms(engine: Path, n: int = 12) -> float:
     """Median batch-1 latency of the built engine (preprocessed input), to pace the conveyor below it."""
     from edgead.backends import load_detector
     from edgead.backends.bench import time_detector
-    from edgead.runtime.run import engine_preprocessing
+    from edgead.backends.manifest import engine_preprocessing
 
     spec = engine_preprocessing(engine)
     stats = time_detector(load_detector(engine), spec, batch=1, iters=n, warmup=1,
@@ -147,7 +147,7 @@ def overlays(engine: Path, calibration: dict[str, Any], paths: list[str]) -> lis
     from edgead.runtime.overlay import heatmap_overlay
     from edgead.preprocess import preprocess, to_display
     from edgead.runtime.overlay import heat_range
-    from edgead.runtime.run import engine_preprocessing
+    from edgead.backends.manifest import engine_preprocessing
 
     if not paths:
         return []
