@@ -151,13 +151,20 @@ def size_of(text: str) -> tuple[str, tuple[int, int]]:
 
 
 def input_size(name: str, args: argparse.Namespace, root: Path | None = None) -> tuple[int, int] | None:
-    """--size-of NAME=HxW for this category, else --size, else with --auto-size the training images'
-    aspect at the preset's pixel count (what `edgead train` does without --size), else the preset's (None)."""
+    """--size-of NAME=HxW for this category, else --size, else with --tile the images' native size (what
+    `edgead train --tile` does without --size), else with --auto-size the training images' aspect at the
+    preset's pixel count (what `edgead train` does without --size), else the preset's (None)."""
     sizes = dict(args.size_of or [])
     if name in sizes:
         return sizes[name]
     if args.size:
         return args.size[0], args.size[1]
+    if getattr(args, "tile", None) and root is not None:
+        from edgead.training.input_size import native_size
+
+        cfg = load_config(args.preset, args.config, overrides=tile_overrides(args))
+        tiled = native_size(cfg, root, log=lambda s: None)
+        return tiled.input.height, tiled.input.width
     if getattr(args, "auto_size", False) and root is not None:
         from edgead.training.input_size import auto_size, median_aspect
 
@@ -167,17 +174,35 @@ def input_size(name: str, args: argparse.Namespace, root: Path | None = None) ->
     return None
 
 
-def epochs_for_steps(steps: int, n_good: int, cfg: ModelConfig) -> int:
-    """Epochs that give at least `steps` optimiser steps on this many good images (after the
-    validation split, at the config's batch size)."""
+def tile_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """--tile H W as config overrides (the input the tile's size until the native size replaces it)."""
+    if not getattr(args, "tile", None):
+        return {}
+    th, tw = args.tile
+    return {"tile": {"height": th, "width": tw}, "input": {"height": th, "width": tw}}
+
+
+def steps_per_epoch(n_good: int, cfg: ModelConfig) -> int:
+    """Optimiser steps of one epoch on this many good images (after the validation split, at the config's
+    batch size; a tiled model's batches are of tiles)."""
     n_train = len(split_train_val(n_good, cfg.train.val_fraction, cfg.train.seed)[0])
-    per_epoch = math.ceil(n_train / cfg.train.batch_size)
-    return max(1, math.ceil(steps / per_epoch))
+    tiles = 1
+    if cfg.tile is not None:
+        from edgead.model.tile_grid import offsets
+
+        tiles = (len(offsets(cfg.input.height, cfg.tile.height, cfg.tile.overlap))
+                 * len(offsets(cfg.input.width, cfg.tile.width, cfg.tile.overlap)))
+    return math.ceil(n_train * tiles / cfg.train.batch_size)
+
+
+def epochs_for_steps(steps: int, n_good: int, cfg: ModelConfig) -> int:
+    """Epochs that give at least `steps` optimiser steps on this many good images."""
+    return max(1, math.ceil(steps / steps_per_epoch(n_good, cfg)))
 
 
 def overrides_for(name: str, root: Path, args: argparse.Namespace) -> dict[str, Any]:
     """The training overrides of one category: seed, input size, epochs (or steps turned into epochs)."""
-    overrides: dict[str, Any] = {"train": {"seed": args.seed}}
+    overrides: dict[str, Any] = {"train": {"seed": args.seed}, **tile_overrides(args)}
     size = input_size(name, args, root)
     if size:
         overrides["input"] = {"height": size[0], "width": size[1]}
@@ -201,9 +226,7 @@ def edgead_row(run_name: str, root: Path, args: argparse.Namespace, out: Path,
     row = run_one(run_name, root, args.preset, [cfg.fusion], out, overrides, args.config)[0]
     row = {k: v for k, v in row.items() if k not in ("dataset", "preset")}
     if "skipped" not in row:
-        steps = math.ceil(len(split_train_val(len(good_images(root, min_count=1)), cfg.train.val_fraction,
-                                              cfg.train.seed)[0]) / cfg.train.batch_size)
-        row["steps"] = steps * cfg.train.epochs
+        row["steps"] = steps_per_epoch(len(good_images(root, min_count=1)), cfg) * cfg.train.epochs
     return row
 
 
@@ -231,7 +254,8 @@ def baseline_row(root: Path, cfg: ModelConfig, settings: PatchCoreSettings) -> d
 
 def setup_of(method: str, root: Path, cfg: ModelConfig, args: argparse.Namespace) -> dict[str, Any]:
     """What a row was measured with: a rerun reuses a row only when this is unchanged."""
-    setup: dict[str, Any] = {"input": f"{cfg.input.height}x{cfg.input.width}", "preset": args.preset,
+    tile = f" in {cfg.tile.height}x{cfg.tile.width} tiles" if cfg.tile is not None and method == "edgead" else ""
+    setup: dict[str, Any] = {"input": f"{cfg.input.height}x{cfg.input.width}{tile}", "preset": args.preset,
                              "config": args.config, "seed": args.seed,
                              "n_train_good": len(good_images(root, min_count=1)), "n_test": len(test_samples(root))}
     if method == "edgead":
@@ -370,6 +394,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="input size (default: the preset's)")
     ap.add_argument("--auto-size", action="store_true", help="each category at its training images' aspect "
                     "(the preset's pixel count), as `edgead train` does without --size")
+    ap.add_argument("--tile", type=int, nargs=2, metavar=("H", "W"),
+                    help="edgead in tiles of H x W on the images' native size (the baseline at that size, whole)")
     ap.add_argument("--size-of", action="append", type=size_of, metavar="CATEGORY=HxW",
                     help="input size of one category (repeat for several)")
     budget = ap.add_mutually_exclusive_group()

@@ -72,6 +72,13 @@ def _overrides(args: argparse.Namespace) -> dict:
         over["input"] = {"height": size[0], "width": size[1]}
     if args.fusion:
         over["fusion"] = args.fusion
+    if args.tile:
+        over["tile"] = {"height": args.tile[0], "width": args.tile[1],
+                        **({"overlap": args.tile_overlap} if args.tile_overlap is not None else {})}
+        if not size:               # the images' native size replaces it before training (input_size.native_size)
+            over["input"] = {"height": args.tile[0], "width": args.tile[1]}
+    elif args.tile_overlap is not None:
+        raise EdgeADError("--tile-overlap needs --tile H W", "add --tile 256 256 (the tile size), or drop --tile-overlap")
     return over
 
 
@@ -116,9 +123,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise EdgeADError("train needs --data DIR and --out models/NAME", "see `edgead train --help`")
     say = _Say(args)
     if _fixed_size(args.size) is None:
-        from edgead.training.input_size import keep_aspect
+        from edgead.training.input_size import keep_aspect, native_size
 
-        cfg = keep_aspect(cfg, args.data, log=say.info)
+        cfg = native_size(cfg, args.data, log=say.info) if cfg.tile else keep_aspect(cfg, args.data, log=say.info)
     from edgead.training.train import train
 
     result = train(args.data, args.out, cfg, skip_bad=args.skip_bad, resume=args.resume,
@@ -459,6 +466,10 @@ def _add_train(sub: _Subparsers) -> None:
                    help="input height and width; default auto: the training images' median aspect ratio at the "
                         "preset's pixel count (256x256), in multiples of 32")
     p.add_argument("--fusion", choices=["multiplicative", "additive", "max"])
+    p.add_argument("--tile", type=int, nargs=2, metavar=("H", "W"),
+                   help="score large images as overlapping tiles of H x W pixels (maps stitched, one score); "
+                        "without --size the input is then the images' native size, at most 16 tiles")
+    p.add_argument("--tile-overlap", type=int, metavar="PX", help="least overlap of neighbouring tiles (default 32)")
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda")
     p.add_argument("--skip-bad", action="store_true", help="skip and count unreadable images instead of stopping")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")

@@ -43,7 +43,9 @@ class TeacherGraph(nn.Module):
         self.eval()
 
     def forward(self, image: Tensor) -> tuple[Tensor, ...]:
-        return tuple(f for layers in self.model.teacher_features(image) for f in layers)
+        feats = [f for layers in self.model.teacher_features(self.model.tiles(image)) for f in layers]
+        tiler = self.model.tiler
+        return tuple(tiler.fold(f) for f in feats) if tiler is not None else tuple(feats)
 
 
 class HalfTeacherGraph(TeacherGraph):
@@ -54,7 +56,8 @@ class HalfTeacherGraph(TeacherGraph):
 
 
 class StudentGraph(nn.Module):
-    """image + teacher features -> (map N x 1 x h x w, score N). The score is the full-resolution map's max."""
+    """image + teacher features -> (map N x 1 x h x w, score N). The score is the full-resolution map's max
+    (of the whole input: a tiled model's tile maps are stitched first)."""
 
     def __init__(self, model: DualKD, map_size: tuple[int, int] | None = None) -> None:
         super().__init__()
@@ -66,13 +69,16 @@ class StudentGraph(nn.Module):
         return [pair.student_features(image) for pair in self.model.pairs]
 
     def forward(self, image: Tensor, *teacher_flat: Tensor) -> tuple[Tensor, Tensor]:
+        tiler = self.model.tiler
+        if tiler is not None:           # the features arrive one image per row (TeacherGraph folds them)
+            image, teacher_flat = tiler.cut(image), tuple(tiler.unfold(f) for f in teacher_flat)
         teacher, i = [], 0
         for pair in self.model.pairs:
             n = len(pair.spec.teacher.layers)
             teacher.append(list(teacher_flat[i:i + n]))
             i += n
         student = self.student_features(image)
-        amap, score = self.model.head(teacher, student)
+        amap, score = self.model.whole_map(*self.model.head(teacher, student))
         if self.map_size is not None and tuple(self.map_size) != tuple(amap.shape[-2:]):
             amap = F.adaptive_max_pool2d(amap, self.map_size)   # keeps small hot spots visible
         return amap, score
@@ -241,7 +247,7 @@ def _with_folded_batchnorm(model: DualKD) -> DualKD:
     Folded and checked in FP64: on a random example a trained student can amplify FP32 rounding to
     10 % of its output (BatchNorm variances near 1e-6), which failed the check on an exact fold."""
     folded = copy.deepcopy(model).double().cpu().eval()
-    example = torch.randn(1, 3, model.cfg.input.height, model.cfg.input.width, dtype=torch.float64)
+    example = torch.randn(1, 3, *model.cfg.net_hw, dtype=torch.float64)
     for pair in folded.pairs:
         fold_batchnorm(pair.teacher, example)
         fold_batchnorm(pair.student, example)

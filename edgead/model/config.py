@@ -16,10 +16,11 @@ from typing import Any
 from edgead.errors import EdgeADError
 from edgead.schema import (Place, at_least, build, in_range, is_int, is_number, known_keys, need, one_of, positive,
                            read_yaml)
+from edgead.model.tile_grid import TileSpec, check_tiles
 from edgead.preprocess import PreprocessSpec
 
 FUSIONS = ("multiplicative", "additive", "max")
-CONFIG_KEYS = {"preset", "input", "pairs", "fusion", "blur_sigma", "position_norm", "train"}
+CONFIG_KEYS = {"preset", "input", "pairs", "fusion", "blur_sigma", "position_norm", "tile", "train"}
 STUDENT_INITS = ("random", "teacher")
 
 
@@ -84,6 +85,12 @@ class ModelConfig:
     blur_sigma: float = 4.0
     train: TrainSpec = field(default_factory=TrainSpec)
     position_norm: bool = False   # z-score the fused map per pixel with good-image statistics
+    tile: TileSpec | None = None  # score the input as overlapping tiles of this size (model/tile_grid.py)
+
+    @property
+    def net_hw(self) -> tuple[int, int]:
+        """What the networks see: the tile, or the whole input."""
+        return (self.tile.height, self.tile.width) if self.tile else (self.input.height, self.input.width)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -95,6 +102,7 @@ class ModelConfig:
             "blur_sigma": self.blur_sigma,
             "position_norm": self.position_norm,
             "train": asdict(self.train),
+            **({"tile": self.tile.to_dict()} if self.tile else {}),    # absent when off: older models read the same
         }
 
     @classmethod
@@ -119,6 +127,7 @@ class ModelConfig:
                   fusion=data.get("fusion", "multiplicative"),
                   blur_sigma=data.get("blur_sigma", 4.0),
                   position_norm=data.get("position_norm", False),
+                  tile=TileSpec.from_dict(data.get("tile")),
                   train=_section(TrainSpec, "train", data.get("train", {})))
         cfg.validate()
         return cfg
@@ -167,6 +176,9 @@ class ModelConfig:
     def _check_input_size(self) -> None:
         smallest, why = self.min_input_size()
         h, w = self.input.height, self.input.width
+        if self.tile is not None:
+            check_tiles(self.tile, h, w, smallest, why)
+            return
         small = [f"'input.{key}'" for key, v in (("height", h), ("width", w)) if v < smallest]
         if small:
             raise EdgeADError(f"config: input size {h}x{w} (train --size H W) is too small for this model: "

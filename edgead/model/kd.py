@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from edgead.model.config import ModelConfig, PairSpec, blur_radius
 from edgead.errors import EdgeADError
 from edgead.model.backbones import FeatureExtractor, build_feature_extractor
+from edgead.model.tiling import Tiler
 
 Features = List[List[Tensor]]   # [pair][layer] -> N x C x h x w
 
@@ -195,9 +196,21 @@ class DualKD(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.pairs = nn.ModuleList(Pair(spec, teacher_weights, cfg.input.mean, cfg.input.std) for spec in cfg.pairs)
-        self.head = ScoringHead((cfg.input.height, cfg.input.width), cfg.fusion, cfg.blur_sigma, len(cfg.pairs),
+        self.head = ScoringHead(cfg.net_hw, cfg.fusion, cfg.blur_sigma, len(cfg.pairs),
                                 cfg.position_norm)
         self._teacher_groups: list[list[int]] | None = None   # filled by the first teacher_groups()
+        self.tiler = Tiler(cfg.tile, cfg.input.height, cfg.input.width) if cfg.tile else None
+
+    def tiles(self, x: Tensor) -> Tensor:
+        """What the networks see of a batch of whole inputs: its tiles (image-major), or the batch itself."""
+        return self.tiler.cut(x) if self.tiler is not None else x
+
+    def whole_map(self, amap: Tensor, score: Tensor) -> tuple[Tensor, Tensor]:
+        """The tiles' maps stitched into each input's map, and its maximum as the score."""
+        if self.tiler is None:
+            return amap, score
+        amap = self.tiler.stitch(amap)
+        return amap, amap.flatten(1).amax(dim=1)
 
     def teacher_features(self, x: Tensor) -> Features:
         """Every pair's teacher features; pairs whose teachers are one network share one pass."""
@@ -238,7 +251,9 @@ class DualKD(nn.Module):
         return [p.student_features(x) for p in self.pairs]
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        return self.head(self.teacher_features(x), self.student_features(x))
+        """Whole inputs -> their maps and scores (tiled models score each tile and stitch the maps)."""
+        x = self.tiles(x)
+        return self.whole_map(*self.head(self.teacher_features(x), self.student_features(x)))
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]

@@ -20,6 +20,7 @@ from edgead.model.config import ModelConfig
 
 SIZE_MULTIPLE = 32        # the backbones' largest stride: every feature map tiles the input exactly
 ASPECT_SAMPLE = 64        # images whose size is read (headers only); enough for a median
+MAX_TILES = 16            # a tiled model's default input: native size, scaled down past this many tiles' area
 
 
 def image_size(path: Path) -> tuple[int, int]:
@@ -37,10 +38,14 @@ def image_size(path: Path) -> tuple[int, int]:
         return img.shape[0], img.shape[1]
 
 
+def _sizes(paths: Sequence[Path], sample: int, seed: int) -> list[tuple[int, int]]:
+    chosen = list(paths) if len(paths) <= sample else random.Random(seed).sample(list(paths), sample)
+    return [(h, w) for h, w in (image_size(p) for p in chosen) if h > 0 and w > 0]
+
+
 def median_aspect(paths: Sequence[Path], sample: int = ASPECT_SAMPLE, seed: int = 0) -> float:
     """Median width / height over a seeded sample of the images."""
-    chosen = list(paths) if len(paths) <= sample else random.Random(seed).sample(list(paths), sample)
-    ratios = sorted(w / h for h, w in (image_size(p) for p in chosen) if h > 0 and w > 0)
+    ratios = sorted(w / h for h, w in _sizes(paths, sample, seed))
     if not ratios:
         return 1.0
     mid = len(ratios) // 2
@@ -75,3 +80,25 @@ def keep_aspect(cfg: ModelConfig, data: str | Path, log: Callable[[str], None] =
         log(f"input {h}x{w}: the training images' median aspect {aspect:.2f} at about {pixels} pixels "
             "(--size H W fixes it)")
     return dataclasses.replace(cfg, input=dataclasses.replace(cfg.input, height=h, width=w))
+
+
+def native_size(cfg: ModelConfig, data: str | Path, log: Callable[[str], None] = print) -> ModelConfig:
+    """A tiled model's input: the images' median native size (multiples of 32, at least one tile), scaled
+    down, aspect kept, where it would take more than MAX_TILES tiles' worth of pixels."""
+    from edgead.training.train import DATA_HINT
+
+    assert cfg.tile is not None
+    check_input(data, kind="dir", what="--data", hint=DATA_HINT)
+    sizes = _sizes(good_images(data), ASPECT_SAMPLE, 0)
+    heights, widths = sorted(h for h, _ in sizes), sorted(w for _, w in sizes)
+    h_med, w_med = (heights[len(heights) // 2], widths[len(widths) // 2]) if sizes else cfg.net_hw
+    th, tw = cfg.tile.height, cfg.tile.width
+    scale = min(1.0, math.sqrt(MAX_TILES * th * tw / (h_med * w_med)))
+    h = max(th, int(round(h_med * scale / SIZE_MULTIPLE)) * SIZE_MULTIPLE)
+    w = max(tw, int(round(w_med * scale / SIZE_MULTIPLE)) * SIZE_MULTIPLE)
+    log(f"input {h}x{w} in tiles of {th}x{tw}: the training images' median size {h_med}x{w_med}"
+        + (f" scaled by {scale:.2f} to at most {MAX_TILES} tiles' pixels" if scale < 1 else "")
+        + " (--size H W fixes it)")
+    tiled = dataclasses.replace(cfg, input=dataclasses.replace(cfg.input, height=h, width=w))
+    tiled.validate()
+    return tiled

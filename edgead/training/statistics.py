@@ -36,9 +36,11 @@ def position_statistics(model: DualKD, sets: list[tuple[torch.Tensor, Features]]
 
 @torch.no_grad()
 def fit_statistics(model: DualKD, images: torch.Tensor, cache: Features, cfg: ModelConfig,
-                   device: torch.device, train_images: torch.Tensor, train_cache: Features) -> dict[str, Any]:
+                   device: torch.device, train_images: torch.Tensor, train_cache: Features,
+                   val_whole: torch.Tensor | None = None) -> dict[str, Any]:
     """Map normalisation from held-out good images, the per-position statistics from all good
-    images, then the good-image score statistics (held-out images)."""
+    images, then the good-image score statistics (held-out images; a tiled model scores `val_whole`,
+    the held-out inputs whole, since its `images` are tiles)."""
     model.eval()
     pair_maps: list[list[torch.Tensor]] = [[] for _ in cfg.pairs]
     for idx in batches(len(images), cfg.train.batch_size, None):
@@ -51,9 +53,13 @@ def fit_statistics(model: DualKD, images: torch.Tensor, cache: Features, cfg: Mo
     if cfg.position_norm:
         position_statistics(model, [(train_images, train_cache), (images, cache)], cfg.train.batch_size, device)
     scores = []
-    for idx in batches(len(images), cfg.train.batch_size, None):
-        _, s = model.head(take(cache, idx, device), model.student_features(images[idx].to(device)))
-        scores.append(s.cpu())
+    if model.tiler is not None and val_whole is not None:
+        for idx in batches(len(val_whole), max(1, cfg.train.batch_size // model.tiler.count), None):
+            scores.append(model(val_whole[idx].to(device))[1].cpu())
+    else:
+        for idx in batches(len(images), cfg.train.batch_size, None):
+            _, s = model.head(take(cache, idx, device), model.student_features(images[idx].to(device)))
+            scores.append(s.cpu())
     sc = torch.cat(scores).numpy().astype(np.float64)
     return {
         "normalisation": {"low": low, "high": high,
