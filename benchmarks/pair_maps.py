@@ -34,6 +34,8 @@ RULES = ("shallow", "deep", "additive", "max", "multiplicative", "shallow layer 
 
 def image_scores(model_dir: Path, root: Path) -> tuple[np.ndarray, list[str], dict[str, np.ndarray]]:
     model, _ = load_model(model_dir, "cpu")
+    if model.tiler is not None:
+        raise SystemExit(f"{model_dir} is a tiled model: this study reads the pair maps of whole-input models only")
     model.eval()
     head = model.head
     samples = test_samples(root)

@@ -46,20 +46,21 @@ def graph_costs(model_dir: Path) -> dict[str, dict[str, float]]:
         # Where the scoring head runs: its own cost at batch 1 (it sits at the end of the student graph,
         # so it adds no engine launch and no feature round trip).
         t, i = [], 0
+        tiler = model.tiler
         for pair in model.pairs:
             n = len(pair.spec.teacher.layers)
-            t.append(list(feats[i:i + n]))
+            t.append([tiler.unfold(f) if tiler is not None else f for f in feats[i:i + n]])   # per tile
             i += n
-        s = student.student_features(x)
+        s = student.student_features(model.tiles(x))
         for _ in range(3):
-            model.head(t, s)
+            model.score(t, s)
         times = []
         for _ in range(20):
             t0 = time.perf_counter()
-            model.head(t, s)
+            model.score(t, s)
             times.append(time.perf_counter() - t0)
         with FlopCounterMode(display=False) as fc:
-            model.head(t, s)
+            model.score(t, s)
         out["scoring head (inside student graph)"] = {"gflops": fc.get_total_flops() / 1e9, "params_m": 0.0,
                                                       "torch_ms_b1": float(np.median(times)) * 1000}
     return out

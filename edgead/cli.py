@@ -82,6 +82,23 @@ def _overrides(args: argparse.Namespace) -> dict:
     return over
 
 
+def _tile_placeholder(args: argparse.Namespace) -> dict:
+    """A `tile:` from the --config file, with no size given: the input starts as the tile (so that the tile
+    fits it) until the images' native size replaces it, as with --tile."""
+    if args.tile or _fixed_size(args.size) or not args.config:
+        return {}
+    from edgead.schema import read_yaml
+
+    user = read_yaml(args.config, "config file", "check the path given to --config") or {}
+    tile = user.get("tile") if isinstance(user, dict) else None
+    given = user.get("input") if isinstance(user, dict) else None
+    if isinstance(given, dict) and ("height" in given or "width" in given):
+        return {}
+    if not isinstance(tile, dict) or not all(isinstance(tile.get(k), int) for k in ("height", "width")):
+        return {}
+    return {"input": {"height": tile["height"], "width": tile["width"]}}
+
+
 def _fixed_size(size: list[str] | None) -> tuple[int, int] | None:
     """`--size H W` as two whole numbers; None for `--size auto` or no --size (the images' aspect)."""
     if not size or size == ["auto"]:
@@ -115,7 +132,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if args.config:
         check_input(args.config, kind="file", what="--config", hint="give a YAML file whose keys override the preset")
-    cfg = load_config(args.preset, args.config, _overrides(args))
+    cfg = load_config(args.preset, args.config, {**_overrides(args), **_tile_placeholder(args)})
     if args.print_config:
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
         return 0
@@ -468,7 +485,7 @@ def _add_train(sub: _Subparsers) -> None:
     p.add_argument("--fusion", choices=["multiplicative", "additive", "max"])
     p.add_argument("--tile", type=int, nargs=2, metavar=("H", "W"),
                    help="score large images as overlapping tiles of H x W pixels (maps stitched, one score); "
-                        "without --size the input is then the images' native size, at most 16 tiles")
+                        "without --size the input is then the images' native size, scaled down past 16 tiles' pixels")
     p.add_argument("--tile-overlap", type=int, metavar="PX", help="least overlap of neighbouring tiles (default 32)")
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda")
     p.add_argument("--skip-bad", action="store_true", help="skip and count unreadable images instead of stopping")

@@ -36,9 +36,10 @@ class TorchDetector:
             x = torch.from_numpy(np.ascontiguousarray(batch[i:i + self.max_batch], np.float32)).to(self.device)
             if self.precision == "fp16":
                 # Backbones in FP16, the scoring head in FP32 (as the FP16 engines do).
-                t = [[f.float() for f in layers] for layers in self.model.teacher_features(x.half())]
-                s = [[f.float() for f in layers] for layers in self.model.student_features(x.half())]
-                amap, score = self.model.head(t, s)
+                tiles = self.model.tiles(x).half()
+                t = [[f.float() for f in layers] for layers in self.model.teacher_features(tiles)]
+                s = [[f.float() for f in layers] for layers in self.model.student_features(tiles)]
+                amap, score = self.model.score(t, s)
             else:
                 amap, score = self.model(x)
             scores.append(score.float().cpu().numpy())

@@ -78,7 +78,7 @@ class StudentGraph(nn.Module):
             teacher.append(list(teacher_flat[i:i + n]))
             i += n
         student = self.student_features(image)
-        amap, score = self.model.whole_map(*self.model.head(teacher, student))
+        amap, score = self.model.score(teacher, student)
         if self.map_size is not None and tuple(self.map_size) != tuple(amap.shape[-2:]):
             amap = F.adaptive_max_pool2d(amap, self.map_size)   # keeps small hot spots visible
         return amap, score

@@ -72,9 +72,10 @@ class ScoringHead(nn.Module):
     """
 
     def __init__(self, out_hw: tuple[int, int], fusion: str, blur_sigma: float, n_pairs: int = 2,
-                 position_norm: bool = False) -> None:
+                 position_norm: bool = False, whole_hw: tuple[int, int] | None = None) -> None:
         super().__init__()
-        self.out_hw = (int(out_hw[0]), int(out_hw[1]))
+        self.out_hw = (int(out_hw[0]), int(out_hw[1]))           # each pair map's size (a tile's, when tiled)
+        self.whole_hw = tuple(int(v) for v in whole_hw) if whole_hw else self.out_hw   # the map that is finished
         self.fusion = fusion
         self.blur_sigma = float(blur_sigma)
         self.position_norm = False
@@ -89,8 +90,8 @@ class ScoringHead(nn.Module):
         """Per-pixel level and spread of the fused map over the good training images (smoothed, set
         by `DualKD.set_position_statistics`): positions where good parts vary (image borders, part
         edges) count less."""
-        self.register_buffer("position_mean", torch.zeros(1, 1, *self.out_hw))
-        self.register_buffer("position_std", torch.ones(1, 1, *self.out_hw))
+        self.register_buffer("position_mean", torch.zeros(1, 1, *self.whole_hw))
+        self.register_buffer("position_std", torch.ones(1, 1, *self.whole_hw))
         self.position_norm = True
 
     def pair_maps(self, teacher: Features, student: Features) -> list[Tensor]:
@@ -127,13 +128,20 @@ class ScoringHead(nn.Module):
         x = F.pad(x, (0, 0, r, r), mode="reflect")
         return F.conv2d(x, k.view(1, 1, -1, 1))
 
-    def forward(self, teacher: Features, student: Features) -> tuple[Tensor, Tensor]:
-        fused = self.fuse(self.pair_maps(teacher, student))
+    def fused(self, teacher: Features, student: Features) -> Tensor:
+        """The pairs' normalised maps fused (per tile, for a tiled model: stitch them before `finish`)."""
+        return self.fuse(self.pair_maps(teacher, student))
+
+    def finish(self, fused: Tensor) -> tuple[Tensor, Tensor]:
+        """A whole input's fused map -> its anomaly map (z-scored per position, blurred) and score."""
         if self.position_norm:
             fused = (fused - self.position_mean) / self.position_std
         amap = self.blur(fused)
         score = amap.flatten(1).amax(dim=1)
         return amap, score
+
+    def forward(self, teacher: Features, student: Features) -> tuple[Tensor, Tensor]:
+        return self.finish(self.fused(teacher, student))
 
 
 class Pair(nn.Module):
@@ -197,7 +205,7 @@ class DualKD(nn.Module):
         self.cfg = cfg
         self.pairs = nn.ModuleList(Pair(spec, teacher_weights, cfg.input.mean, cfg.input.std) for spec in cfg.pairs)
         self.head = ScoringHead(cfg.net_hw, cfg.fusion, cfg.blur_sigma, len(cfg.pairs),
-                                cfg.position_norm)
+                                cfg.position_norm, whole_hw=(cfg.input.height, cfg.input.width))
         self._teacher_groups: list[list[int]] | None = None   # filled by the first teacher_groups()
         self.tiler = Tiler(cfg.tile, cfg.input.height, cfg.input.width) if cfg.tile else None
 
@@ -205,12 +213,16 @@ class DualKD(nn.Module):
         """What the networks see of a batch of whole inputs: its tiles (image-major), or the batch itself."""
         return self.tiler.cut(x) if self.tiler is not None else x
 
-    def whole_map(self, amap: Tensor, score: Tensor) -> tuple[Tensor, Tensor]:
-        """The tiles' maps stitched into each input's map, and its maximum as the score."""
-        if self.tiler is None:
-            return amap, score
-        amap = self.tiler.stitch(amap)
-        return amap, amap.flatten(1).amax(dim=1)
+    def whole_fused(self, teacher: Features, student: Features) -> Tensor:
+        """Each input's fused map (N x 1 x H x W) from the features of what the networks saw: a tiled
+        model's tile maps stitched, overlaps averaged, so that per-position statistics and the blur act
+        on the whole input."""
+        fused = self.head.fused(teacher, student)
+        return self.tiler.stitch(fused) if self.tiler is not None else fused
+
+    def score(self, teacher: Features, student: Features) -> tuple[Tensor, Tensor]:
+        """Features of `tiles(x)` -> each input's anomaly map and score."""
+        return self.head.finish(self.whole_fused(teacher, student))
 
     def teacher_features(self, x: Tensor) -> Features:
         """Every pair's teacher features; pairs whose teachers are one network share one pass."""
@@ -253,7 +265,7 @@ class DualKD(nn.Module):
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Whole inputs -> their maps and scores (tiled models score each tile and stitch the maps)."""
         x = self.tiles(x)
-        return self.whole_map(*self.head(self.teacher_features(x), self.student_features(x)))
+        return self.score(self.teacher_features(x), self.student_features(x))
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]

@@ -16,18 +16,21 @@ from edgead.training.batches import batches, take
 @torch.no_grad()
 def position_statistics(model: DualKD, sets: list[tuple[torch.Tensor, Features]], batch_size: int,
                          device: torch.device) -> None:
-    """Per-pixel mean and spread of the fused map over every good image (training and held-out):
+    """Per-pixel mean and spread of the fused map over every good image (training and held-out; a tiled
+    model's maps stitched whole first, so the statistics see the image's borders, not the tiles'):
     sixty images give a usable per-pixel estimate where the few held-out ones would not; the
     students fit their training images a little better, which lowers the level everywhere alike."""
     total = total_sq = None
     n = 0
+    per = model.tiler.count if model.tiler is not None else 1       # a tiled model's inputs: `per` rows each
     for images, cache in sets:
-        for idx in batches(len(images), batch_size, None):
-            maps = model.head.pair_maps(take(cache, idx, device), model.student_features(images[idx].to(device)))
-            fused = model.head.fuse(maps).double().cpu()
+        for whole in batches(len(images) // per, max(1, batch_size // per), None):
+            idx = (whole[:, None] * per + np.arange(per)[None, :]).reshape(-1)
+            fused = model.whole_fused(take(cache, idx, device),
+                                      model.student_features(images[idx].to(device))).double().cpu()
             total = fused.sum(0, keepdim=True) + (0 if total is None else total)
             total_sq = fused.pow(2).sum(0, keepdim=True) + (0 if total_sq is None else total_sq)
-            n += len(idx)
+            n += len(whole)
     assert total is not None and total_sq is not None
     mean = total / n
     std = (total_sq / n - mean.pow(2)).clamp_min(0).sqrt()

@@ -81,3 +81,16 @@ def test_a_tiled_models_default_input_is_the_native_size_capped_at_sixteen_tiles
     large = native_size(cfg, tmp_path / "large", log=lambda s: None)
     h, w = large.input.height, large.input.width
     assert h * w <= MAX_TILES * 64 * 64 * 1.1 and abs(w / h - 2000 / 300) < 0.5     # scaled down, aspect kept
+
+
+def test_a_tile_set_in_the_config_file_needs_no_size(tmp_path, capsys):
+    """A tile larger than the preset's input, from --config: the input starts as the tile, not an error."""
+    import yaml
+
+    from edgead.cli import main
+
+    path = tmp_path / "tiled.yaml"
+    path.write_text(yaml.safe_dump({"tile": {"height": 320, "width": 320}}))
+    assert main(["train", "--config", str(path), "--print-config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["tile"]["height"] == 320 and printed["input"]["height"] == 320

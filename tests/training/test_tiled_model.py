@@ -36,6 +36,8 @@ def test_training_takes_the_native_size_in_tiles_and_eval_scores_whole_inputs(ti
     model, _ = load_model(tiled["model"])
     assert (model.cfg.input.height, model.cfg.input.width) == SIZE and model.cfg.net_hw == (64, 64)
     assert model.tiler is not None and model.tiler.count == 8
+    # The edge preset's per-position statistics are of the whole input (its borders), not of a tile.
+    assert model.head.position_norm and model.head.position_mean.shape == (1, 1, *SIZE)
     meta = json.loads((tiled["model"] / "metadata.json").read_text())
     assert meta["data"]["n_train"] + meta["data"]["n_val"] == 16        # images, not tiles
     assert main(["eval", "--model", str(tiled["model"]), "--data", str(tiled["product"]), "--out", str(tmp_path)]) == 0
@@ -58,6 +60,10 @@ def test_every_engine_takes_the_whole_image_and_matches_torch(tiled):
         scores, maps = load_detector(tiled["engine"], backend=backend, precision=precision).infer(x)
         assert maps.shape == (len(x), *SIZE)
         assert np.allclose(scores, score.numpy(), atol=tol * max(1.0, float(score.abs().max()))), backend
+    from edgead.backends.reference import TorchDetector
+
+    scores, maps = TorchDetector(tiled["model"], precision="fp16").infer(x)     # the FP16 reference, tiled too
+    assert maps.shape == (len(x), *SIZE) and np.allclose(scores, score.numpy(), atol=0.05 * float(score.abs().max()))
 
 
 def test_calibrate_and_run_on_the_line_decide_by_the_engines_score(tiled, tmp_path):
