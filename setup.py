@@ -24,7 +24,7 @@ PLANT = ["asyncua>=1.1; python_version >= '3.10'", "python-snap7>=3,<4; python_v
 # Triton: the client of a central Triton Inference Server (`detector: triton://host:8001/MODEL`), gRPC.
 TRITON = ["tritonclient[grpc]>=2.40"]
 # cpppo: the EtherNet/IP Logix simulator the enip output's tests write tags to (a test peer, never shipped)
-DEV = ["pytest>=7", "scikit-learn>=1.3", "mypy>=1.8", *SIGNALS, *OPENVINO, *PLANT, *TRITON, "cpppo>=5"]
+DEV = ["pytest>=7", "pytest-xdist>=3.5", "scikit-learn>=1.3", "mypy>=1.8", *SIGNALS, *OPENVINO, *PLANT, *TRITON, "cpppo>=5"]
 
 setup(
     name="edgead",

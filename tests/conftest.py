@@ -17,6 +17,11 @@ import pytest
 TINY = {"height": 64, "width": 64}
 REQUIRE_PEERS_ENV = "EDGEAD_REQUIRE_PEERS"
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Two workers on two cores: one compute thread each, or torch's spinning OpenMP threads starve the
+    # other worker (10-25x slower); set before anything imports torch, and inherited by subprocesses.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 
 def peers_required() -> bool:
     return os.environ.get(REQUIRE_PEERS_ENV, "") not in ("", "0")
@@ -25,6 +30,14 @@ def peers_required() -> bool:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "hardware: needs hardware CI cannot have (GPU with TensorRT, a GPIO chip); "
                                        f"its skip stays a skip under {REQUIRE_PEERS_ENV}=1")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """With pytest-xdist (`-n 2 --dist loadgroup`), the tests of the one fake GigE camera on the loopback
+    GVCP port run on one worker, one after another."""
+    for item in items:
+        if "fake_gige_server" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("gige"))
 
 
 def _skip_reason(report: Any) -> str:
