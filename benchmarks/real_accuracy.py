@@ -304,9 +304,10 @@ def _diff(edgead: float, baseline: float, key: str) -> str:
 def pairs(rows: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any], dict[str, Any]]]:
     """(edgead row, baseline row, shared facts) per category and input, in the order they landed."""
     found: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
-    for r in rows:
-        found.setdefault((r["category"], r["setup"]["input"]), {})[r["method"]] = r
-    return [(m.get("edgead", {}), m.get("baseline", {}), next(iter(m.values()))) for m in found.values()]
+    for r in rows:        # a tiled edgead row ("448x1120 in 256x256 tiles") sits beside the baseline at 448x1120
+        found.setdefault((r["category"], r["setup"]["input"].split(" in ")[0]), {})[r["method"]] = r
+    return [(m.get("edgead", {}), m.get("baseline", {}), m.get("edgead", next(iter(m.values()))))
+            for m in found.values()]
 
 
 def mean_lines(rows: list[dict[str, Any]], kind: str) -> list[str]:
