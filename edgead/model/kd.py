@@ -140,8 +140,13 @@ class ScoringHead(nn.Module):
         score = amap.flatten(1).amax(dim=1)
         return amap, score
 
-    def forward(self, teacher: Features, student: Features) -> tuple[Tensor, Tensor]:
-        return self.finish(self.fused(teacher, student))
+    def forward(self, teacher: Features, student: Features, tiler: Tiler | None = None) -> tuple[Tensor, Tensor]:
+        """Called as the module (so every op of it, stitching included, is exported in the head's scope,
+        which the FP32 pinning and the INT8 quantiser find by name)."""
+        fused = self.fused(teacher, student)
+        if tiler is not None:
+            fused = tiler.stitch(fused)
+        return self.finish(fused)
 
 
 class Pair(nn.Module):
@@ -222,7 +227,7 @@ class DualKD(nn.Module):
 
     def score(self, teacher: Features, student: Features) -> tuple[Tensor, Tensor]:
         """Features of `tiles(x)` -> each input's anomaly map and score."""
-        return self.head.finish(self.whole_fused(teacher, student))
+        return self.head(teacher, student, self.tiler)
 
     def teacher_features(self, x: Tensor) -> Features:
         """Every pair's teacher features; pairs whose teachers are one network share one pass."""
