@@ -128,9 +128,10 @@ class ScoringHead(nn.Module):
         x = F.pad(x, (0, 0, r, r), mode="reflect")
         return F.conv2d(x, k.view(1, 1, -1, 1))
 
-    def fused(self, teacher: Features, student: Features) -> Tensor:
-        """The pairs' normalised maps fused (per tile, for a tiled model: stitch them before `finish`)."""
-        return self.fuse(self.pair_maps(teacher, student))
+    def fused(self, teacher: Features, student: Features, tiler: Tiler | None = None) -> Tensor:
+        """The pairs' normalised maps fused; a tiled model's tile maps stitched into each input's map."""
+        fused = self.fuse(self.pair_maps(teacher, student))
+        return tiler.stitch(fused) if tiler is not None else fused
 
     def finish(self, fused: Tensor) -> tuple[Tensor, Tensor]:
         """A whole input's fused map -> its anomaly map (z-scored per position, blurred) and score."""
@@ -143,10 +144,7 @@ class ScoringHead(nn.Module):
     def forward(self, teacher: Features, student: Features, tiler: Tiler | None = None) -> tuple[Tensor, Tensor]:
         """Called as the module (so every op of it, stitching included, is exported in the head's scope,
         which the FP32 pinning and the INT8 quantiser find by name)."""
-        fused = self.fused(teacher, student)
-        if tiler is not None:
-            fused = tiler.stitch(fused)
-        return self.finish(fused)
+        return self.finish(self.fused(teacher, student, tiler))
 
 
 class Pair(nn.Module):
@@ -222,8 +220,7 @@ class DualKD(nn.Module):
         """Each input's fused map (N x 1 x H x W) from the features of what the networks saw: a tiled
         model's tile maps stitched, overlaps averaged, so that per-position statistics and the blur act
         on the whole input."""
-        fused = self.head.fused(teacher, student)
-        return self.tiler.stitch(fused) if self.tiler is not None else fused
+        return self.head.fused(teacher, student, self.tiler)
 
     def score(self, teacher: Features, student: Features) -> tuple[Tensor, Tensor]:
         """Features of `tiles(x)` -> each input's anomaly map and score."""

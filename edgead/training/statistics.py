@@ -13,6 +13,14 @@ from edgead.model.kd import DualKD, Features, pair_map_quantiles
 from edgead.training.batches import batches, take
 
 
+def whole_inputs(model: DualKD, rows: int, batch_size: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Batches of whole inputs over `rows` rows of what the networks saw: (input numbers, their rows); a
+    tiled model's inputs are `tiler.count` consecutive rows each, an untiled model's one row."""
+    per = model.tiler.count if model.tiler is not None else 1
+    return [(whole, (whole[:, None] * per + np.arange(per)[None, :]).reshape(-1))
+            for whole in batches(rows // per, max(1, batch_size // per), None)]
+
+
 @torch.no_grad()
 def position_statistics(model: DualKD, sets: list[tuple[torch.Tensor, Features]], batch_size: int,
                          device: torch.device) -> None:
@@ -22,10 +30,8 @@ def position_statistics(model: DualKD, sets: list[tuple[torch.Tensor, Features]]
     students fit their training images a little better, which lowers the level everywhere alike."""
     total = total_sq = None
     n = 0
-    per = model.tiler.count if model.tiler is not None else 1       # a tiled model's inputs: `per` rows each
     for images, cache in sets:
-        for whole in batches(len(images) // per, max(1, batch_size // per), None):
-            idx = (whole[:, None] * per + np.arange(per)[None, :]).reshape(-1)
+        for whole, idx in whole_inputs(model, len(images), batch_size):
             fused = model.whole_fused(take(cache, idx, device),
                                       model.student_features(images[idx].to(device))).double().cpu()
             total = fused.sum(0, keepdim=True) + (0 if total is None else total)
@@ -39,11 +45,9 @@ def position_statistics(model: DualKD, sets: list[tuple[torch.Tensor, Features]]
 
 @torch.no_grad()
 def fit_statistics(model: DualKD, images: torch.Tensor, cache: Features, cfg: ModelConfig,
-                   device: torch.device, train_images: torch.Tensor, train_cache: Features,
-                   val_whole: torch.Tensor | None = None) -> dict[str, Any]:
+                   device: torch.device, train_images: torch.Tensor, train_cache: Features) -> dict[str, Any]:
     """Map normalisation from held-out good images, the per-position statistics from all good
-    images, then the good-image score statistics (held-out images; a tiled model scores `val_whole`,
-    the held-out inputs whole, since its `images` are tiles)."""
+    images, then the good-image score statistics (held-out images; a tiled model's scored whole)."""
     model.eval()
     pair_maps: list[list[torch.Tensor]] = [[] for _ in cfg.pairs]
     for idx in batches(len(images), cfg.train.batch_size, None):
@@ -56,13 +60,9 @@ def fit_statistics(model: DualKD, images: torch.Tensor, cache: Features, cfg: Mo
     if cfg.position_norm:
         position_statistics(model, [(train_images, train_cache), (images, cache)], cfg.train.batch_size, device)
     scores = []
-    if model.tiler is not None and val_whole is not None:
-        for idx in batches(len(val_whole), max(1, cfg.train.batch_size // model.tiler.count), None):
-            scores.append(model(val_whole[idx].to(device))[1].cpu())
-    else:
-        for idx in batches(len(images), cfg.train.batch_size, None):
-            _, s = model.head(take(cache, idx, device), model.student_features(images[idx].to(device)))
-            scores.append(s.cpu())
+    for _, idx in whole_inputs(model, len(images), cfg.train.batch_size):
+        _, s = model.score(take(cache, idx, device), model.student_features(images[idx].to(device)))
+        scores.append(s.cpu())
     sc = torch.cat(scores).numpy().astype(np.float64)
     return {
         "normalisation": {"low": low, "high": high,

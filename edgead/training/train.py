@@ -137,7 +137,7 @@ def _save_checkpoint(out: Path, model: DualKD, best_state: dict, optimizer: torc
 @dataclass
 class _Images:
     """The readable good images, split into training and validation, with their teacher features. `train`
-    and `val` are what the networks see (a tiled model's tiles); `val_whole` the held-out inputs whole."""
+    and `val` are what the networks see (a tiled model's tiles); `n_train` and `n_val` count images."""
 
     kept: list[Path]
     bad: list[Path]
@@ -147,7 +147,7 @@ class _Images:
     train_cache: Features
     val_cache: Features
     n_train: int
-    val_whole: torch.Tensor
+    n_val: int
 
 
 @dataclass
@@ -203,15 +203,14 @@ def _load_images(data: str | Path, cfg: ModelConfig, model: DualKD, dev: torch.d
         raise EdgeADError(f"only {len(kept)} readable good images in {data}", "training needs at least 10 good images")
     train_idx, val_idx = split_train_val(len(kept), cfg.train.val_fraction, cfg.train.seed)
     images = torch.from_numpy(images_np)
-    val_whole = images[val_idx]
-    train_images, val_images = model.tiles(images[train_idx]), model.tiles(val_whole)   # images apart, then tiles
+    train_images, val_images = model.tiles(images[train_idx]), model.tiles(images[val_idx])   # images apart, then tiles
     tiles = (f", {model.tiler.count} tiles of {cfg.net_hw[0]}x{cfg.net_hw[1]} each"
              if model.tiler is not None else "")
     log(f"{len(kept)} good images ({len(train_idx)} train, {len(val_idx)} validation), "
         f"input {cfg.input.height}x{cfg.input.width}{tiles}, preset {cfg.preset}, device {dev}")
     return _Images(kept, bad, data_fingerprint(kept), train_images, val_images,
                    cache_teacher(model, train_images, cfg.train.batch_size, dev),
-                   cache_teacher(model, val_images, cfg.train.batch_size, dev), len(train_idx), val_whole)
+                   cache_teacher(model, val_images, cfg.train.batch_size, dev), len(train_idx), len(val_idx))
 
 
 def _resume(out: Path, data: str | Path, cfg: ModelConfig, fingerprint: str, model: DualKD,
@@ -332,7 +331,7 @@ def train(data: str | Path, out: str | Path, cfg: ModelConfig, *, skip_bad: bool
         # Trained on batch statistics: give inference the exact averages of the final weights. (Weights
         # from a frozen epoch keep the statistics they were trained with.)
         recalibrate_batchnorm(model, im.train, cfg.train.batch_size, dev)
-    stats = fit_statistics(model, im.val, im.val_cache, cfg, dev, im.train, im.train_cache, im.val_whole)
+    stats = fit_statistics(model, im.val, im.val_cache, cfg, dev, im.train, im.train_cache)
     seconds = time.perf_counter() - start
     metadata = _metadata(data, cfg, model, im, state, dev, seconds, loop_seconds, stats)
     try:
@@ -360,7 +359,7 @@ def _metadata(data: str | Path, cfg: ModelConfig, model: DualKD, im: _Images, st
         "edgead_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "data": {"path": str(Path(data).resolve()), "fingerprint": im.fingerprint,
-                 "n_images": len(im.kept), "n_train": im.n_train, "n_val": int(len(im.val_whole)),
+                 "n_images": len(im.kept), "n_train": im.n_train, "n_val": im.n_val,
                  "skipped": [str(p) for p in im.bad]},
         "teacher_weights": {p.name: {"arch": p.teacher.arch, "sha256": _teacher_sha(p.teacher.arch, p.teacher.weights)}
                             for p in cfg.pairs},
