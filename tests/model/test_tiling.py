@@ -94,3 +94,11 @@ def test_a_tile_set_in_the_config_file_needs_no_size(tmp_path, capsys):
     assert main(["train", "--config", str(path), "--print-config"]) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["tile"]["height"] == 320 and printed["input"]["height"] == 320
+
+
+def test_a_tile_overlap_without_a_tile_is_one_message(capsys):
+    from edgead.cli import main
+
+    assert main(["train", "--tile-overlap", "8", "--print-config"]) == 2
+    err = capsys.readouterr().err
+    assert "--tile-overlap needs --tile H W" in err and "Traceback" not in err
